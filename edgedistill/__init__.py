@@ -1,0 +1,71 @@
+"""edgedistill: distill large frozen teachers into small students that run on edge devices.
+
+The public API is curated here; everything else is internal and may change.
+"""
+
+__version__ = "0.1.0"
+
+from edgedistill.bench import environment, latency_summary, measure_latency, percentile
+from edgedistill.compress import prune_channels, quantize_onnx_static
+from edgedistill.config import Recipe, load_recipe
+from edgedistill.data import ImageDataset, Normalization, load_idx_dataset
+from edgedistill.distill import KDLoss, TrainSettings, kd_loss, train_student
+from edgedistill.errors import (
+    DataError,
+    EdgeDistillError,
+    GateError,
+    MissingDependencyError,
+    RecipeError,
+    StageError,
+    UnsafeFileError,
+)
+from edgedistill.export import check_onnx_file, export_onnx, export_openvino
+from edgedistill.metrics import agreement, count_macs, count_params, topk_accuracy
+from edgedistill.pipeline import STAGES, RunContext, run_pipeline
+from edgedistill.runtime import OnnxRuntimeRunner, OpenVinoRunner, Runner, TorchRunner
+from edgedistill.students import STUDENTS, build_model
+from edgedistill.teachers import FrozenTeacher, load_teacher
+
+__all__ = [
+    "STAGES",
+    "STUDENTS",
+    "DataError",
+    "EdgeDistillError",
+    "FrozenTeacher",
+    "GateError",
+    "ImageDataset",
+    "KDLoss",
+    "MissingDependencyError",
+    "Normalization",
+    "OnnxRuntimeRunner",
+    "OpenVinoRunner",
+    "Recipe",
+    "RecipeError",
+    "RunContext",
+    "Runner",
+    "StageError",
+    "TorchRunner",
+    "TrainSettings",
+    "UnsafeFileError",
+    "__version__",
+    "agreement",
+    "build_model",
+    "check_onnx_file",
+    "count_macs",
+    "count_params",
+    "environment",
+    "export_onnx",
+    "export_openvino",
+    "kd_loss",
+    "latency_summary",
+    "load_idx_dataset",
+    "load_recipe",
+    "load_teacher",
+    "measure_latency",
+    "percentile",
+    "prune_channels",
+    "quantize_onnx_static",
+    "run_pipeline",
+    "topk_accuracy",
+    "train_student",
+]

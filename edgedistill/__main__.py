@@ -1,0 +1,3 @@
+from edgedistill.cli.app import main
+
+main()

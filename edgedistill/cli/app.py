@@ -1,0 +1,153 @@
+"""The ``edgedistill`` command line: one sub-command per stage, plus ``run``.
+
+Every stage command runs the chain up to and including that stage; stages whose inputs are
+unchanged are skipped, so ``edgedistill export r.yaml`` after ``edgedistill distill r.yaml``
+only does the new work. Errors are one line on stderr with a non-zero exit code; ``--debug``
+shows the traceback.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from edgedistill.errors import EdgeDistillError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Distill, prune, quantize, export, verify, profile and bundle a student model.",
+    pretty_exceptions_enable=False,
+)
+console = Console(stderr=True)
+
+RecipeArg = Annotated[Path, typer.Argument(help="Recipe YAML file.", show_default=False)]
+OutOpt = Annotated[
+    Path | None, typer.Option("--out", "-o", help="Run directory (default: runs/<recipe name>).")
+]
+ForceOpt = Annotated[bool, typer.Option("--force", help="Re-run stages even if unchanged.")]
+DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks.")]
+TargetOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--target", "-t", help="Target profile YAML (export/*.yaml) overriding export/profile."
+    ),
+]
+
+
+def _execute(
+    recipe_path: Path,
+    out: Path | None,
+    until: str,
+    force: bool,
+    debug: bool,
+    target: Path | None = None,
+) -> None:
+    from edgedistill.config import load_recipe
+    from edgedistill.pipeline import run_pipeline
+
+    try:
+        recipe = load_recipe(recipe_path, target=target)
+        out_dir = out or Path("runs") / recipe.name
+        console.print(
+            f"[bold]edgedistill[/] {until}: recipe [cyan]{recipe_path}[/] → [cyan]{out_dir}[/]"
+        )
+        ctx = run_pipeline(recipe, out_dir, until=until, console=console, force=force)
+    except EdgeDistillError as exc:
+        if debug:
+            raise
+        console.print("[red]error:[/]", escape(str(exc)), highlight=False, soft_wrap=True)
+        raise typer.Exit(exc.exit_code) from None
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted[/]: run the same command again to resume")
+        raise typer.Exit(130) from None
+    if until == "report":
+        _print_summary(ctx.out)
+
+
+def _print_summary(out_dir: Path) -> None:
+    from edgedistill.artifacts import read_json
+    from edgedistill.report.render import summary_table
+
+    summary = read_json(out_dir / "summary.json")
+    header, rows = summary_table(summary)
+    table = Table(title=f"{summary['recipe']} — {summary['accuracy_metric']}")
+    for i, h in enumerate(header):
+        table.add_column(h, justify="left" if i < 2 else "right")
+    for r in rows:
+        table.add_row(*r)
+    out = Console()
+    out.print(table)
+    for k, v in summary.get("speedups", {}).items():
+        out.print(f"  {k}: [bold]{v:.1f}×[/]")
+    out.print(f"bundle:  {summary['bundle']}")
+    out.print(f"report:  {summary['report']}")
+    out.print(f"summary: {out_dir / 'summary.json'}")
+
+
+def _stage_command(stage: str, doc: str) -> None:
+    def command(
+        recipe: RecipeArg,
+        out: OutOpt = None,
+        target: TargetOpt = None,
+        force: ForceOpt = False,
+        debug: DebugOpt = False,
+    ) -> None:
+        _execute(recipe, out, stage, force, debug, target)
+
+    command.__doc__ = doc
+    app.command(name=stage)(command)
+
+
+for _stage, _doc in (
+    ("distill", "Train the student from the frozen teacher (cross-entropy + Hinton KD)."),
+    ("prune", "…then prune channels structurally and recover accuracy with KD."),
+    ("export", "…then export ONNX (and OpenVINO IR when installed)."),
+    ("quantize", "…then quantize the students to INT8 (ONNX Runtime QDQ)."),
+    ("verify", "…then check exports against torch and INT8 against FP32 (gates)."),
+    ("profile", "…then measure latency on every runtime and batch size."),
+    ("bundle", "…then write the app-ready bundle."),
+    ("report", "…then write summary.json, report.md/html and the plot."),
+):
+    _stage_command(_stage, _doc)
+
+
+@app.command()
+def run(
+    recipe: RecipeArg,
+    out: OutOpt = None,
+    target: TargetOpt = None,
+    force: ForceOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Run the whole chain: distill → prune → export → quantize → verify → profile → bundle → report."""
+    _execute(recipe, out, "report", force, debug, target)
+
+
+@app.command()
+def validate(recipe: RecipeArg, target: TargetOpt = None, debug: DebugOpt = False) -> None:
+    """Validate a recipe (and target profile) without running anything."""
+    from edgedistill.config import load_recipe
+
+    try:
+        parsed = load_recipe(recipe, target=target)
+    except EdgeDistillError as exc:
+        if debug:
+            raise
+        console.print("[red]error:[/]", escape(str(exc)), highlight=False, soft_wrap=True)
+        raise typer.Exit(exc.exit_code) from None
+    console.print(f"[green]ok[/]: {escape(str(recipe))} (recipe '{escape(parsed.name)}')")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app(prog_name="edgedistill")
+
+
+if __name__ == "__main__":
+    main()

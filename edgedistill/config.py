@@ -1,0 +1,283 @@
+"""The recipe schema: typed, validated, frozen. YAML only fills it.
+
+A recipe is one YAML file with the sections ``data``, ``teacher``, ``student``, ``distill``,
+``prune``, ``quantize``, ``export``, ``profile`` and ``gates``. :func:`load_recipe` validates
+it completely before any work starts; the first problem is reported as one line that names
+the field, the value and what is allowed (:class:`~edgedistill.errors.RecipeError`).
+Relative paths are resolved against the recipe file's folder.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+
+from edgedistill.errors import RecipeError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _resolve(value: Path, info: ValidationInfo) -> Path:
+    base = (info.context or {}).get("base_dir")
+    path = Path(value).expanduser()
+    if base is not None and not path.is_absolute():
+        path = Path(base) / path
+    return path.resolve()
+
+
+class DataConfig(_Section):
+    """Where the images come from and how much of the training split to use."""
+
+    source: Literal["idx"] = "idx"
+    path: Path = Field(description="folder with MNIST-layout IDX files")
+    name: str = "dataset"
+    labels: tuple[str, ...] = Field(min_length=2)
+    train_limit: int | None = Field(default=None, gt=0)
+    normalization: Literal["auto"] = "auto"
+
+    @field_validator("path")
+    @classmethod
+    def _path_exists(cls, value: Path, info: ValidationInfo) -> Path:
+        path = _resolve(value, info)
+        if not path.is_dir():
+            raise ValueError(f"folder {str(path)!r} does not exist")
+        return path
+
+
+class TeacherConfig(_Section):
+    """The frozen teacher, described by a teacher card (YAML) next to its weights."""
+
+    card: Path
+
+    @field_validator("card")
+    @classmethod
+    def _card_exists(cls, value: Path, info: ValidationInfo) -> Path:
+        path = _resolve(value, info)
+        if not path.is_file():
+            raise ValueError(f"teacher card {str(path)!r} does not exist")
+        return path
+
+
+class StudentConfig(_Section):
+    """A registered architecture and its constructor arguments."""
+
+    arch: str = "convnet"
+    config: dict[str, Any] = Field(default_factory=dict)
+    max_teacher_param_fraction: float | None = Field(default=None, gt=0, le=1)
+
+
+class LossTerm(_Section):
+    """One weighted term of the distillation objective."""
+
+    name: Literal["ce", "kd"]
+    weight: float = Field(ge=0)
+    temperature: float = Field(default=4.0, gt=0)
+
+
+class DistillConfig(_Section):
+    """Training of the student: optimiser, schedule and the weighted loss terms."""
+
+    epochs: int = Field(default=10, ge=1)
+    batch_size: int = Field(default=128, ge=1)
+    lr: float = Field(default=0.05, gt=0)
+    momentum: float = Field(default=0.9, ge=0, lt=1)
+    weight_decay: float = Field(default=5e-4, ge=0)
+    terms: tuple[LossTerm, ...] = (
+        LossTerm(name="ce", weight=0.1),
+        LossTerm(name="kd", weight=0.9, temperature=4.0),
+    )
+    teacher_batch_size: int = Field(default=500, ge=1)
+
+    @field_validator("terms")
+    @classmethod
+    def _unique_terms(cls, terms: tuple[LossTerm, ...]) -> tuple[LossTerm, ...]:
+        names = [t.name for t in terms]
+        if len(set(names)) != len(names):
+            raise ValueError(f"each term may appear once, got {names}")
+        if not terms or sum(t.weight for t in terms) <= 0:
+            raise ValueError("at least one term needs a positive weight")
+        return terms
+
+
+class PruneConfig(_Section):
+    """Structured channel pruning (torch-pruning) and KD recovery fine-tuning."""
+
+    enabled: bool = True
+    target_macs_ratio: float = Field(default=0.65, gt=0, lt=1)
+    round_to: int = Field(default=8, ge=1)
+    importance: Literal["l1", "l2"] = "l2"
+    finetune_epochs: int = Field(default=4, ge=0)
+    finetune_lr: float = Field(default=0.02, gt=0)
+
+
+class QuantizeConfig(_Section):
+    """Post-training static INT8 of the ONNX models (ONNX Runtime QDQ)."""
+
+    enabled: bool = True
+    calibration_samples: int = Field(default=512, ge=8)
+    per_channel: bool = True
+    calibration_method: Literal["minmax", "entropy", "percentile"] = "minmax"
+
+
+class ExportConfig(_Section):
+    """Export targets. ``openvino: auto`` writes IR only when the extra is installed."""
+
+    opset: int = Field(default=18, ge=13)
+    dynamic_batch: bool = True
+    openvino: Literal["auto", "yes", "no"] = "auto"
+
+
+class ProfileConfig(_Section):
+    """Latency measurement: runtimes, threads, batch sweep, warm-up and timed runs."""
+
+    runtimes: tuple[Literal["torch", "onnxruntime", "openvino"], ...] = (
+        "torch",
+        "onnxruntime",
+        "openvino",
+    )
+    threads: int = Field(default=2, ge=1)
+    batch_sizes: tuple[int, ...] = (1, 8, 32)
+    warmup: int = Field(default=20, ge=0)
+    runs: int = Field(default=200, ge=100)
+
+    @field_validator("batch_sizes")
+    @classmethod
+    def _batch_one_first(cls, sizes: tuple[int, ...]) -> tuple[int, ...]:
+        if not sizes or any(b < 1 for b in sizes):
+            raise ValueError(f"batch sizes must be positive, got {list(sizes)}")
+        if 1 not in sizes:
+            raise ValueError("batch size 1 must be measured")
+        return tuple(sorted(set(sizes)))
+
+
+class GatesConfig(_Section):
+    """Pass/fail thresholds that the verify stage enforces."""
+
+    fp32_max_abs_diff: float = Field(default=1e-4, gt=0)
+    int8_max_accuracy_drop: float = Field(default=1.0, ge=0, description="top-1 points")
+    parity_samples: int = Field(default=1000, ge=1)
+
+
+class Recipe(_Section):
+    """A whole recipe. Build it with :func:`load_recipe` or :meth:`Recipe.from_dict`."""
+
+    name: str = Field(default="recipe", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    seed: int = 0
+    threads: int | None = Field(default=None, ge=1, description="torch threads for training")
+    data: DataConfig
+    teacher: TeacherConfig
+    student: StudentConfig = StudentConfig()
+    distill: DistillConfig = DistillConfig()
+    prune: PruneConfig = PruneConfig()
+    quantize: QuantizeConfig = QuantizeConfig()
+    export: ExportConfig = ExportConfig()
+    profile: ProfileConfig = ProfileConfig()
+    gates: GatesConfig = GatesConfig()
+
+    @classmethod
+    def from_dict(cls, raw: Any, *, base_dir: Path | None = None, source: str = "recipe") -> Recipe:
+        """Validate a parsed YAML mapping; relative paths resolve against ``base_dir``."""
+        if not isinstance(raw, dict):
+            raise RecipeError(f"{source}: expected a mapping of sections, got {type(raw).__name__}")
+        try:
+            return cls.model_validate(raw, context={"base_dir": base_dir})
+        except ValidationError as exc:
+            raise RecipeError(f"{source}: {describe_validation_error(exc, cls)}") from None
+
+
+TARGET_SECTIONS = ("export", "profile", "quantize", "gates")
+
+
+def _read_yaml(path: Path, what: str) -> Any:
+    if not path.is_file():
+        raise RecipeError(f"{what} file '{path}' does not exist")
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise RecipeError(f"{path}: not valid YAML{where}") from None
+
+
+def load_recipe(path: str | Path, *, target: str | Path | None = None) -> Recipe:
+    """Read and validate a recipe file. Raises :class:`RecipeError` with a one-line message.
+
+    Args:
+        path: The recipe YAML.
+        target: Optional target profile YAML (``export/*.yaml``) whose ``export``, ``profile``,
+            ``quantize`` and ``gates`` sections override the recipe's, key by key.
+    """
+    path = Path(path)
+    raw = _read_yaml(path, "recipe")
+    if target is not None:
+        target = Path(target)
+        overlay = _read_yaml(target, "target profile")
+        if not isinstance(overlay, dict):
+            raise RecipeError(f"{target}: expected a mapping of sections")
+        for key, section in overlay.items():
+            if key in ("name", "description"):
+                continue
+            if key not in TARGET_SECTIONS:
+                raise RecipeError(
+                    f"{target}: unknown key '{key}' (allowed here: name, description, "
+                    f"{', '.join(TARGET_SECTIONS)})"
+                )
+            if isinstance(raw, dict) and isinstance(section, dict):
+                raw[key] = {**(raw.get(key) or {}), **section}
+    return Recipe.from_dict(raw, base_dir=path.resolve().parent, source=str(path))
+
+
+def _model_at(model: type[BaseModel], loc: tuple[int | str, ...]) -> type[BaseModel] | None:
+    """The pydantic model class that owns the field at ``loc`` (for listing allowed keys)."""
+    current: Any = model
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        fields = getattr(current, "model_fields", None)
+        if fields is None or part not in fields:
+            return None
+        annotation = fields[part].annotation
+        current = _first_model(annotation)
+        if current is None:
+            return None
+    return current if isinstance(current, type) and issubclass(current, BaseModel) else None
+
+
+def _first_model(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()):
+        found = _first_model(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def describe_validation_error(exc: ValidationError, root: type[BaseModel]) -> str:
+    """Turn pydantic's error list into one line: field, value, what is allowed."""
+    errors = exc.errors()
+    first = errors[0]
+    loc = tuple(first["loc"])
+    field = ".".join(str(p) for p in loc) or "(top level)"
+    kind = first["type"]
+    value = first.get("input")
+    if kind == "extra_forbidden":
+        owner = _model_at(root, loc[:-1])
+        allowed = ", ".join(owner.model_fields) if owner else "see the documentation"
+        message = f"unknown key '{field}' (allowed here: {allowed})"
+    elif kind == "missing":
+        message = f"'{field}' is required"
+    else:
+        shown = repr(value)
+        if len(shown) > 80:
+            shown = shown[:77] + "..."
+        reason = str(first["msg"]).removeprefix("Value error, ")
+        message = f"{field} = {shown}: {reason}"
+    if len(errors) > 1:
+        message += f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})"
+    return message

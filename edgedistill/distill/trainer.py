@@ -1,0 +1,187 @@
+"""The student trainer: cross-entropy + logit KD from cached teacher outputs, resumable.
+
+Every epoch ends with an atomic checkpoint (model, optimiser, scheduler, data order generator
+and the global torch RNG). A run killed at any point and started again resumes from the last
+finished epoch and, on CPU, ends with the same weights as an uninterrupted run: the data order
+of epoch e depends only on the generator state saved after epoch e-1.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from edgedistill.artifacts import atomic_save, atomic_write_text
+from edgedistill.distill.kd import kd_loss
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """Optimisation and loss weights of one training run.
+
+    The objective is ``ce_weight · CE(z_s, y) + kd_weight · KD(z_s, z_t; T)``.
+    """
+
+    epochs: int
+    batch_size: int = 128
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    ce_weight: float = 1.0
+    kd_weight: float = 0.0
+    temperature: float = 4.0
+    seed: int = 0
+
+
+@dataclass
+class TrainResult:
+    """Per-epoch history and whether the run resumed from a checkpoint."""
+
+    history: list[dict[str, float]] = field(default_factory=list)
+    resumed_from_epoch: int = 0
+    seconds: float = 0.0
+
+
+ProgressFn = Callable[[int, int, str], None]
+"""Called as ``progress(step, total_steps, description)`` after each batch."""
+
+
+def train_student(
+    model: nn.Module,
+    x_train: torch.Tensor,
+    y_train: torch.Tensor,
+    settings: TrainSettings,
+    *,
+    teacher_logits: np.ndarray | None = None,
+    evaluate: Callable[[nn.Module], float] | None = None,
+    checkpoint_path: Path | None = None,
+    fingerprint: str = "",
+    log_csv: Path | None = None,
+    progress: ProgressFn | None = None,
+    stop_after_epoch: int | None = None,
+) -> TrainResult:
+    """Train ``model`` in place.
+
+    Args:
+        model: The student; left in eval mode with the weights of the last epoch.
+        x_train: [N, C, ...] normalised inputs.
+        y_train: [N] int64 labels.
+        settings: Optimiser, schedule and loss weights.
+        teacher_logits: [N, K] cached teacher outputs aligned with ``x_train`` (needed when
+            ``settings.kd_weight > 0``); a memory-mapped array is fine.
+        evaluate: Returns held-out accuracy (%) of the model; logged each epoch.
+        checkpoint_path: Where the per-epoch checkpoint lives; resumed from when its
+            ``fingerprint`` matches.
+        fingerprint: Identifies the run's inputs, so a stale checkpoint is never resumed.
+        log_csv: Per-epoch metrics as CSV, rewritten atomically each epoch.
+        progress: Progress callback.
+        stop_after_epoch: Return early after this epoch (used by tests to simulate a crash).
+    """
+    if settings.kd_weight > 0 and teacher_logits is None:
+        raise ValueError("kd_weight > 0 needs teacher_logits")
+    if teacher_logits is not None and len(teacher_logits) != len(y_train):
+        raise ValueError(
+            f"teacher logits cover {len(teacher_logits)} samples, data has {len(y_train)}"
+        )
+    n = len(y_train)
+    steps_per_epoch = (n + settings.batch_size - 1) // settings.batch_size
+    total = settings.epochs * steps_per_epoch
+    torch.manual_seed(settings.seed)
+    generator = torch.Generator().manual_seed(settings.seed)
+    optimizer = torch.optim.SGD(
+        model.parameters(),
+        lr=settings.lr,
+        momentum=settings.momentum,
+        nesterov=settings.momentum > 0,
+        weight_decay=settings.weight_decay,
+    )
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=settings.lr, total_steps=total, pct_start=0.15
+    )
+    result = TrainResult()
+    start_epoch = 0
+    if checkpoint_path is not None and checkpoint_path.is_file():
+        state = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
+        if state.get("fingerprint") == fingerprint and state.get("settings") == asdict(settings):
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            generator.set_state(state["generator"])
+            torch.set_rng_state(state["torch_rng"])
+            start_epoch = int(state["epoch"])
+            result.history = list(state["history"])
+            result.resumed_from_epoch = start_epoch
+    started = time.perf_counter()
+    for epoch in range(start_epoch, settings.epochs):
+        model.train()
+        order = torch.randperm(n, generator=generator)
+        totals = {"loss": 0.0, "ce": 0.0, "kd": 0.0}
+        for step, begin in enumerate(range(0, n, settings.batch_size)):
+            idx = order[begin : begin + settings.batch_size]
+            logits = model(x_train[idx])
+            ce = F.cross_entropy(logits, y_train[idx])
+            loss = settings.ce_weight * ce
+            kd = torch.zeros(())
+            if settings.kd_weight > 0 and teacher_logits is not None:
+                t_logits = torch.from_numpy(
+                    np.asarray(teacher_logits[idx.numpy()], dtype=np.float32)
+                )
+                kd = kd_loss(logits, t_logits, temperature=settings.temperature)
+                loss = loss + settings.kd_weight * kd
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            totals["loss"] += loss.item() * len(idx)
+            totals["ce"] += ce.item() * len(idx)
+            totals["kd"] += kd.item() * len(idx)
+            if progress is not None:
+                progress(
+                    epoch * steps_per_epoch + step + 1,
+                    total,
+                    f"epoch {epoch + 1}/{settings.epochs} loss {loss.item():.3f}",
+                )
+        row: dict[str, float] = {"epoch": epoch + 1, **{k: v / n for k, v in totals.items()}}
+        row["lr"] = float(scheduler.get_last_lr()[0])
+        if evaluate is not None:
+            row["val_top1"] = evaluate(model)
+        result.history.append(row)
+        if log_csv is not None:
+            _write_history(log_csv, result.history)
+        if checkpoint_path is not None:
+            state = {
+                "fingerprint": fingerprint,
+                "settings": asdict(settings),
+                "epoch": epoch + 1,
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "generator": generator.get_state(),
+                "torch_rng": torch.get_rng_state(),
+                "history": result.history,
+            }
+            atomic_save(checkpoint_path, lambda tmp, s=state: torch.save(s, tmp))  # type: ignore[misc]
+        if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch:
+            break
+    model.eval()
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def _write_history(path: Path, history: list[dict[str, Any]]) -> None:
+    buffer = io.StringIO()
+    fields = list(dict.fromkeys(k for row in history for k in row))
+    writer = csv.DictWriter(buffer, fieldnames=fields)
+    writer.writeheader()
+    writer.writerows(history)
+    atomic_write_text(path, buffer.getvalue())

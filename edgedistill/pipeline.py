@@ -1,0 +1,220 @@
+"""Runs the stages of a recipe in a run directory, persists artifacts, skips and resumes.
+
+Layout of a run directory::
+
+    RUN/
+      cache/                 teacher outputs (memory-mapped .npy, keyed by content hashes)
+      distill/  prune/  export/  quantize/  verify/  profile/  bundle/  report/
+        manifest.json        written last: config, input hashes, outputs + sha256, metrics,
+                             timings, library versions
+      summary.json           one row per model: params, MACs, size, accuracy, latency
+
+A stage is skipped when its manifest exists, its fingerprint (a hash of the stage's config
+and of every upstream output it reads) is unchanged, and all its outputs still have the
+recorded sha256. A stage interrupted half-way has no manifest and runs again; training
+stages resume from their per-epoch checkpoint.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from rich.console import Console
+
+import edgedistill
+from edgedistill.artifacts import atomic_write_json, read_json, sha256_file, sha256_json
+from edgedistill.bench.env import environment
+from edgedistill.config import Recipe
+from edgedistill.data import ImageDataset, Normalization, load_idx_dataset
+from edgedistill.errors import StageError
+from edgedistill.teachers import FrozenTeacher, TeacherCard, load_teacher
+
+STAGES = ("distill", "prune", "export", "quantize", "verify", "profile", "bundle", "report")
+MANIFEST = "manifest.json"
+
+
+@dataclass
+class StageOutcome:
+    """What a stage body returns: its output files (relative to the stage dir) and metrics."""
+
+    outputs: list[str]
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+class RunContext:
+    """Everything the stages share: recipe, run directory, console and lazily loaded inputs.
+
+    Args:
+        recipe: The validated recipe.
+        out_dir: Run directory (created).
+        console: Where progress and results are printed.
+        force: Re-run stages even when their inputs are unchanged.
+    """
+
+    def __init__(
+        self, recipe: Recipe, out_dir: Path, *, console: Console | None = None, force: bool = False
+    ) -> None:
+        self.recipe = recipe
+        self.out = Path(out_dir).resolve()
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.console = console or Console(stderr=True)
+        self.force = force
+        self.manifests: dict[str, dict[str, Any]] = {}
+        self.executed: list[str] = []
+        self.skipped: list[str] = []
+
+    # ---- shared inputs -------------------------------------------------------------------
+    @cached_property
+    def dataset(self) -> ImageDataset:
+        """The recipe's dataset, with the training split limited by ``data.train_limit``."""
+        cfg = self.recipe.data
+        full = load_idx_dataset(cfg.path, cfg.labels, cfg.name)
+        return full.subset_train(cfg.train_limit, self.recipe.seed)
+
+    @cached_property
+    def data_sha256(self) -> str:
+        return self.dataset.fingerprint()
+
+    @cached_property
+    def normalization(self) -> Normalization:
+        """Student input normalisation, from the (possibly limited) training split."""
+        return Normalization.from_images(self.dataset.x_train)
+
+    @cached_property
+    def teacher_and_card(self) -> tuple[FrozenTeacher, TeacherCard]:
+        return load_teacher(self.recipe.teacher.card)
+
+    @property
+    def teacher(self) -> FrozenTeacher:
+        return self.teacher_and_card[0]
+
+    @property
+    def card(self) -> TeacherCard:
+        return self.teacher_and_card[1]
+
+    @cached_property
+    def teacher_normalization(self) -> Normalization:
+        """The teacher's own input normalisation from its card (else the student's)."""
+        spec = (self.card.raw.get("input") or {}).get("normalization") or {}
+        if "mean" in spec and "std" in spec:
+            return Normalization(tuple(spec["mean"]), tuple(spec["std"]))
+        return self.normalization
+
+    @cached_property
+    def x_test(self) -> torch.Tensor:
+        return self.normalization.apply(self.dataset.x_test)
+
+    @property
+    def y_test(self) -> np.ndarray:
+        return self.dataset.y_test
+
+    def threads(self) -> int:
+        return self.recipe.threads or max(1, torch.get_num_threads())
+
+    def stage_dir(self, name: str) -> Path:
+        return self.out / name
+
+    def output(self, stage: str, name: str) -> Path:
+        """Path of an upstream output; fails clearly if that stage has not produced it."""
+        manifest = self.manifests.get(stage)
+        if manifest is None or name not in manifest["outputs"]:
+            raise StageError(
+                f"stage '{stage}' has no output '{name}'; run `edgedistill {stage}` first"
+            )
+        return self.stage_dir(stage) / name
+
+    def output_hashes(self, *stages: str) -> dict[str, str]:
+        """sha256 of every output of the given (finished) stages: inputs of a fingerprint."""
+        hashes: dict[str, str] = {}
+        for stage in stages:
+            for name, digest in self.manifests[stage]["outputs"].items():
+                hashes[f"{stage}/{name}"] = digest
+        return hashes
+
+    # ---- stage execution -----------------------------------------------------------------
+    def run_stage(
+        self,
+        name: str,
+        inputs: dict[str, Any],
+        body: Callable[[Path, str], StageOutcome],
+    ) -> dict[str, Any]:
+        """Run ``body(stage_dir, fingerprint)`` unless an identical finished run exists."""
+        stage_dir = self.stage_dir(name)
+        fingerprint = sha256_json(
+            {"stage": name, "inputs": inputs, "edgedistill": edgedistill.__version__}
+        )
+        manifest_path = stage_dir / MANIFEST
+        if not self.force and manifest_path.is_file():
+            manifest = read_json(manifest_path)
+            if manifest.get("fingerprint") == fingerprint and self._outputs_intact(
+                stage_dir, manifest
+            ):
+                self.manifests[name] = manifest
+                self.skipped.append(name)
+                self.console.print(f"[dim]• {name:<9} unchanged, skipped[/]")
+                return manifest
+        stage_dir.mkdir(parents=True, exist_ok=True)
+        if manifest_path.exists():
+            manifest_path.unlink()  # an outdated manifest must not vouch for new outputs
+        started = time.perf_counter()
+        outcome = body(stage_dir, fingerprint)
+        seconds = time.perf_counter() - started
+        manifest = {
+            "stage": name,
+            "fingerprint": fingerprint,
+            "recipe": self.recipe.name,
+            "inputs": inputs,
+            "outputs": {out: sha256_file(stage_dir / out) for out in outcome.outputs},
+            "metrics": outcome.metrics,
+            "timings": {"seconds": round(seconds, 3)},
+            "environment": environment(self.threads()),
+        }
+        atomic_write_json(manifest_path, manifest)
+        self.manifests[name] = manifest
+        self.executed.append(name)
+        self.console.print(f"[green]✓[/] {name:<9} {seconds:6.1f} s  {_headline(outcome.metrics)}")
+        return manifest
+
+    @staticmethod
+    def _outputs_intact(stage_dir: Path, manifest: dict[str, Any]) -> bool:
+        for out, digest in manifest.get("outputs", {}).items():
+            path = stage_dir / out
+            if not path.is_file() or sha256_file(path) != digest:
+                return False
+        return True
+
+
+def _headline(metrics: dict[str, Any]) -> str:
+    shown = [
+        f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}"
+        for k, v in metrics.items()
+        if isinstance(v, int | float | str) and not isinstance(v, bool)
+    ]
+    return "  ".join(shown[:5])
+
+
+def run_pipeline(
+    recipe: Recipe,
+    out_dir: Path,
+    *,
+    until: str = "report",
+    console: Console | None = None,
+    force: bool = False,
+) -> RunContext:
+    """Run every stage up to and including ``until``; returns the context with manifests."""
+    from edgedistill import stages
+
+    if until not in STAGES:
+        raise StageError(f"unknown stage '{until}'; stages: {', '.join(STAGES)}")
+    ctx = RunContext(recipe, out_dir, console=console, force=force)
+    torch.set_num_threads(ctx.threads())
+    for name in STAGES[: STAGES.index(until) + 1]:
+        getattr(stages, f"stage_{name}")(ctx)
+    return ctx

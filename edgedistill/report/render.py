@@ -1,0 +1,150 @@
+"""Render a run summary as a Markdown table, an HTML page and an accuracy-vs-latency plot."""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+from typing import Any
+
+from edgedistill.artifacts import atomic_save
+
+RUNTIMES = ("torch", "onnxruntime", "openvino")
+
+
+def _fmt_int(n: int) -> str:
+    for unit, div in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if n >= div:
+            return f"{n / div:.2f}{unit}"
+    return str(n)
+
+
+def _runtimes(summary: dict[str, Any]) -> list[str]:
+    present = {rt for row in summary["models"] for rt in row["latency_ms"]}
+    return [rt for rt in RUNTIMES if rt in present]
+
+
+def summary_table(summary: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of the results table (strings), shared by every renderer."""
+    runtimes = _runtimes(summary)
+    header = ["model", "precision", "top-1 %", "params", "MACs", "ONNX size"]
+    header += [f"{rt} p50 / p90 ms" for rt in runtimes]
+    rows = []
+    for row in summary["models"]:
+        cells = [
+            row["name"],
+            row["precision"],
+            f"{row['accuracy']:.2f}",
+            _fmt_int(row["params"]),
+            _fmt_int(row["macs"]),
+            f"{row['size_bytes'] / 1024:.1f} KiB",
+        ]
+        for rt in runtimes:
+            lat = row["latency_ms"].get(rt)
+            cells.append(f"{lat['p50']:.3f} / {lat['p90']:.3f}" if lat else "–")
+        rows.append(cells)
+    return header, rows
+
+
+def render_markdown(summary: dict[str, Any], training: dict[str, Any]) -> str:
+    """The report as Markdown."""
+    header, rows = summary_table(summary)
+    env = summary.get("environment") or {}
+    lines = [
+        f"# edgedistill report: {summary['recipe']}",
+        "",
+        f"Dataset: {summary['dataset']}. Accuracy: {summary['accuracy_metric']}. Latency: batch 1, "
+        f"{env.get('threads', '?')} threads, on {env.get('cpu', 'unknown CPU')}.",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+        *["| " + " | ".join(r) + " |" for r in rows],
+        "",
+        "## Speed-ups (measured in the same run)",
+        "",
+        *[f"- {k}: **{v:.1f}×**" for k, v in summary.get("speedups", {}).items()],
+        "",
+        "## Training",
+        "",
+    ]
+    for stage, metrics in training.items():
+        shown = ", ".join(
+            f"{k} = {v:.2f}" if isinstance(v, float) else f"{k} = {v}" for k, v in metrics.items()
+        )
+        lines.append(f"- **{stage}**: {shown}")
+    libs = ", ".join(f"{k} {v}" for k, v in (env.get("libraries") or {}).items())
+    lines += [
+        "",
+        "## Environment",
+        "",
+        f"- CPU: {env.get('cpu')} ({env.get('cpu_count')} cores)",
+        f"- Python {env.get('python')}; {libs}",
+        "",
+        "![accuracy vs latency](accuracy_vs_latency.png)",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def render_html(summary: dict[str, Any], training: dict[str, Any], plot_name: str) -> str:
+    """The report as a self-contained HTML page (the plot is a sibling PNG)."""
+    header, rows = summary_table(summary)
+    esc = html.escape
+    table = (
+        "<table><thead><tr>"
+        + "".join(f"<th>{esc(h)}</th>" for h in header)
+        + "</tr></thead><tbody>"
+    )
+    for r in rows:
+        table += "<tr>" + "".join(f"<td>{esc(c)}</td>" for c in r) + "</tr>"
+    table += "</tbody></table>"
+    speed = "".join(
+        f"<li>{esc(k)}: <b>{v:.1f}×</b></li>" for k, v in summary.get("speedups", {}).items()
+    )
+    train = "".join(
+        f"<li><b>{esc(s)}</b>: " + esc(", ".join(f"{k} = {v}" for k, v in m.items())) + "</li>"
+        for s, m in training.items()
+    )
+    env = summary.get("environment") or {}
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>edgedistill report: {esc(summary["recipe"])}</title>
+<style>body{{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}}
+table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}
+td:first-child,th:first-child{{text-align:left}}th{{background:#f3f3f3}}</style></head><body>
+<h1>edgedistill report: {esc(summary["recipe"])}</h1>
+<p>Dataset: {esc(summary["dataset"])}. Accuracy: {esc(summary["accuracy_metric"])}.
+Latency: batch 1, {esc(str(env.get("threads", "?")))} threads, {esc(str(env.get("cpu", "")))}.</p>
+{table}
+<h2>Speed-ups (same run)</h2><ul>{speed}</ul>
+<h2>Accuracy vs latency</h2><img src="{esc(plot_name)}" alt="accuracy vs latency" width="720">
+<h2>Training</h2><ul>{train}</ul>
+</body></html>
+"""
+
+
+def render_plot(summary: dict[str, Any], path: Path) -> None:
+    """Scatter of top-1 accuracy against batch-1 p50 latency, one marker per model and runtime."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    markers = {"torch": "o", "onnxruntime": "s", "openvino": "^"}
+    fig, ax = plt.subplots(figsize=(7.2, 4.5), dpi=100)
+    for row in summary["models"]:
+        for rt, lat in row["latency_ms"].items():
+            ax.scatter(lat["p50"], row["accuracy"], marker=markers.get(rt, "x"), s=50)
+            ax.annotate(
+                f"{row['name']} ({rt})",
+                (lat["p50"], row["accuracy"]),
+                fontsize=7,
+                xytext=(4, 3),
+                textcoords="offset points",
+            )
+    ax.set_xscale("log")
+    ax.set_xlabel("latency p50, batch 1 (ms, log scale)")
+    ax.set_ylabel("top-1 accuracy (%)")
+    ax.set_title(f"{summary['recipe']}: accuracy vs latency")
+    ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    atomic_save(path, lambda tmp: fig.savefig(tmp, format="png"))
+    plt.close(fig)

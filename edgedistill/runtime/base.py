@@ -1,0 +1,82 @@
+"""One Runner interface for every runtime (the Polygraphy pattern).
+
+Latency measurement (:mod:`edgedistill.bench.latency`) and output comparison
+(:mod:`edgedistill.runtime.compare`) are written once against this interface.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from types import TracebackType
+
+import numpy as np
+
+from edgedistill.errors import StageError
+
+
+class Runner(ABC):
+    """Loads a model for one runtime and runs it on numpy inputs.
+
+    Subclasses implement :meth:`_load` and :meth:`_infer`; :meth:`infer` checks the input.
+
+    Args:
+        name: Model name for messages.
+        threads: Intra-op threads the runtime may use.
+    """
+
+    runtime: str = "base"
+
+    def __init__(self, name: str, threads: int = 1) -> None:
+        self.name = name
+        self.threads = threads
+        self.input_shape: tuple[int | None, ...] | None = None
+        self._loaded = False
+
+    def load(self) -> Runner:
+        """Prepare the model (idempotent)."""
+        if not self._loaded:
+            self._load()
+            self._loaded = True
+        return self
+
+    def infer(self, x: np.ndarray) -> np.ndarray:
+        """Run one batch [B, ...] float32 -> outputs [B, K] float32."""
+        if not self._loaded:
+            self.load()
+        x = np.asarray(x)
+        if x.dtype != np.float32:
+            raise StageError(
+                f"{self.name} ({self.runtime}): input dtype {x.dtype}, expected float32"
+            )
+        if self.input_shape is not None:
+            expected = self.input_shape
+            ok = len(x.shape) == len(expected) and all(
+                e is None or e == s for e, s in zip(expected, x.shape, strict=True)
+            )
+            if not ok:
+                shown = ["N" if e is None else e for e in expected]
+                raise StageError(
+                    f"{self.name} ({self.runtime}): input shape {list(x.shape)}, expected {shown}"
+                )
+        return self._infer(np.ascontiguousarray(x))
+
+    @abstractmethod
+    def _load(self) -> None: ...
+
+    @abstractmethod
+    def _infer(self, x: np.ndarray) -> np.ndarray: ...
+
+    def close(self) -> None:
+        """Release the runtime's resources."""
+        self._loaded = False
+
+    def __enter__(self) -> Runner:
+        return self.load()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()

@@ -1,0 +1,221 @@
+"""The stage bodies of the default chain, run by :func:`edgedistill.pipeline.run_pipeline`.
+
+Training stages (distill, prune) live here; deployment stages in :mod:`edgedistill.deploy`
+and delivery stages (bundle, report) in :mod:`edgedistill.deliver`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from edgedistill.artifacts import atomic_write_json, read_json
+from edgedistill.compress.prune import prune_channels
+from edgedistill.deliver import stage_bundle, stage_report
+from edgedistill.deploy import stage_export, stage_profile, stage_quantize, stage_verify
+from edgedistill.distill.trainer import TrainSettings, train_student
+from edgedistill.errors import RecipeError
+from edgedistill.metrics import count_macs, count_params, predict_logits, topk_accuracy
+from edgedistill.pipeline import RunContext, StageOutcome
+from edgedistill.progress import progress_bar
+from edgedistill.students import build_model
+from edgedistill.students.io import load_model, save_model
+from edgedistill.teachers import cached_teacher_logits, teacher_cache_key
+
+__all__ = [
+    "stage_bundle",
+    "stage_distill",
+    "stage_export",
+    "stage_profile",
+    "stage_prune",
+    "stage_quantize",
+    "stage_report",
+    "stage_verify",
+]
+
+
+def teacher_logits_for(ctx: RunContext, images: Any, split: str) -> tuple[Any, bool]:
+    """Cached teacher logits over ``images`` (computed once per content hash)."""
+    import hashlib
+
+    data_hash = hashlib.sha256(images.tobytes()).hexdigest()
+    key = teacher_cache_key(
+        teacher_sha256=ctx.teacher.weights_sha256,
+        data_sha256=data_hash,
+        transform={"normalization": ctx.teacher_normalization.as_dict()},
+        taps=["logits"],
+    )
+    with progress_bar(ctx.console, "teacher", len(images)) as advance:
+        return cached_teacher_logits(
+            ctx.teacher,
+            images,
+            ctx.teacher_normalization.apply,
+            key=key,
+            cache_dir=ctx.out / "cache",
+            batch_size=ctx.recipe.distill.teacher_batch_size,
+            on_batch=lambda n: advance(n, f"{split} logits"),
+        )
+
+
+def _settings(ctx: RunContext, epochs: int, lr: float) -> TrainSettings:
+    cfg = ctx.recipe.distill
+    terms = {t.name: t for t in cfg.terms}
+    return TrainSettings(
+        epochs=epochs,
+        batch_size=cfg.batch_size,
+        lr=lr,
+        momentum=cfg.momentum,
+        weight_decay=cfg.weight_decay,
+        ce_weight=terms["ce"].weight if "ce" in terms else 0.0,
+        kd_weight=terms["kd"].weight if "kd" in terms else 0.0,
+        temperature=terms["kd"].temperature if "kd" in terms else 1.0,
+        seed=ctx.recipe.seed,
+    )
+
+
+def _train(
+    ctx: RunContext,
+    model: nn.Module,
+    settings: TrainSettings,
+    stage_dir: Path,
+    fingerprint: str,
+    label: str,
+) -> list[dict[str, float]]:
+    x_train = ctx.normalization.apply(ctx.dataset.x_train)
+    y_train = torch.as_tensor(ctx.dataset.y_train)
+    teacher_logits = None
+    if settings.kd_weight > 0:
+        teacher_logits, _ = teacher_logits_for(ctx, ctx.dataset.x_train, "train")
+    steps = settings.epochs * -(-len(y_train) // settings.batch_size)
+
+    def evaluate(m: nn.Module) -> float:
+        return topk_accuracy(predict_logits(m, ctx.x_test), ctx.y_test)
+
+    with progress_bar(ctx.console, label, steps) as advance:
+        last = [0]
+
+        def on_step(step: int, total: int, text: str) -> None:
+            advance(step - last[0], text)
+            last[0] = step
+
+        result = train_student(
+            model,
+            x_train,
+            y_train,
+            settings,
+            teacher_logits=teacher_logits,
+            evaluate=evaluate,
+            checkpoint_path=stage_dir / "checkpoint.pt",
+            fingerprint=fingerprint,
+            log_csv=stage_dir / "train_log.csv",
+            progress=on_step,
+        )
+    if result.resumed_from_epoch:
+        ctx.console.print(f"  resumed {label} from epoch {result.resumed_from_epoch}")
+    return result.history
+
+
+def stage_distill(ctx: RunContext) -> dict[str, Any]:
+    """Train the student from the frozen teacher's cached logits (CE + Hinton KD)."""
+    recipe = ctx.recipe
+    inputs = {
+        "data": ctx.data_sha256,
+        "teacher": ctx.teacher.weights_sha256,
+        "teacher_normalization": ctx.teacher_normalization.as_dict(),
+        "student": recipe.student.model_dump(mode="json"),
+        "distill": recipe.distill.model_dump(mode="json"),
+        "seed": recipe.seed,
+    }
+
+    def body(stage_dir: Path, fingerprint: str) -> StageOutcome:
+        shape = ctx.dataset.input_shape
+        config = {
+            "in_channels": shape[0],
+            "num_classes": len(ctx.dataset.labels),
+            **recipe.student.config,
+        }
+        torch.manual_seed(recipe.seed)
+        student = build_model(recipe.student.arch, config)
+        teacher_params = count_params(ctx.teacher.model)
+        limit = recipe.student.max_teacher_param_fraction
+        if limit is not None and count_params(student) > limit * teacher_params:
+            raise RecipeError(
+                f"student.config = {json.dumps(recipe.student.config)}: {count_params(student)} "
+                f"parameters exceed student.max_teacher_param_fraction={limit} of the teacher's "
+                f"{teacher_params}"
+            )
+        test_logits, _ = teacher_logits_for(ctx, ctx.dataset.x_test, "test")
+        teacher_top1 = topk_accuracy(test_logits, ctx.y_test)
+        settings = _settings(ctx, recipe.distill.epochs, recipe.distill.lr)
+        history = _train(ctx, student, settings, stage_dir, fingerprint, "distill")
+        outputs = save_model(student, recipe.student.arch, stage_dir, "student")
+        atomic_write_json(stage_dir / "normalization.json", ctx.normalization.as_dict())
+        return StageOutcome(
+            outputs=[*outputs, "normalization.json", "train_log.csv"],
+            metrics={
+                "student_top1": history[-1]["val_top1"],
+                "teacher_top1": teacher_top1,
+                "student_params": count_params(student),
+                "teacher_params": teacher_params,
+                "student_macs": count_macs(student, shape),
+                "teacher_macs": count_macs(ctx.teacher.model, shape),
+                "epochs": len(history),
+                "train_samples": len(ctx.dataset.y_train),
+            },
+        )
+
+    return ctx.run_stage("distill", inputs, body)
+
+
+def stage_prune(ctx: RunContext) -> dict[str, Any]:
+    """Structured channel pruning to a MACs target, then KD recovery fine-tuning."""
+    cfg = ctx.recipe.prune
+    inputs = {
+        **ctx.output_hashes("distill"),
+        "prune": cfg.model_dump(mode="json"),
+        "distill": ctx.recipe.distill.model_dump(mode="json"),
+        "teacher": ctx.teacher.weights_sha256,
+        "data": ctx.data_sha256,
+    }
+
+    def body(stage_dir: Path, fingerprint: str) -> StageOutcome:
+        if not cfg.enabled:
+            return StageOutcome(outputs=[], metrics={"enabled": False})
+        student = load_model(ctx.stage_dir("distill"), "student")
+        before_top1 = topk_accuracy(predict_logits(student, ctx.x_test), ctx.y_test)
+        result = prune_channels(
+            student,
+            ctx.dataset.input_shape,
+            target_macs_ratio=cfg.target_macs_ratio,
+            round_to=cfg.round_to,
+            importance=cfg.importance,
+        )
+        pruned = result.model
+        no_finetune_top1 = topk_accuracy(predict_logits(pruned, ctx.x_test), ctx.y_test)
+        history: list[dict[str, float]] = []
+        if cfg.finetune_epochs > 0:
+            settings = _settings(ctx, cfg.finetune_epochs, cfg.finetune_lr)
+            history = _train(ctx, pruned, settings, stage_dir, fingerprint, "prune")
+        top1 = history[-1]["val_top1"] if history else no_finetune_top1
+        arch = read_json(ctx.output("distill", "student.json"))["arch"]
+        outputs = save_model(pruned, arch, stage_dir, "student-pruned")
+        if history:
+            outputs.append("train_log.csv")
+        return StageOutcome(
+            outputs=outputs,
+            metrics={
+                "pruned_top1": top1,
+                "student_top1": before_top1,
+                "top1_after_pruning_before_finetune": no_finetune_top1,
+                "macs_ratio": round(result.macs_ratio, 4),
+                "params_ratio": round(result.params_after / result.params_before, 4),
+                "pruning_steps": result.steps,
+                "widths": pruned.current_config().get("widths"),  # type: ignore[operator]
+            },
+        )
+
+    return ctx.run_stage("prune", inputs, body)

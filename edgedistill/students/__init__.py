@@ -1,0 +1,6 @@
+"""Student families. Importing this package registers every family."""
+
+from edgedistill.students import vision as vision
+from edgedistill.students.base import STUDENTS, Student, build_model
+
+__all__ = ["STUDENTS", "Student", "build_model"]

@@ -1,0 +1,114 @@
+"""Frozen teachers and their cards.
+
+A teacher card (YAML, in the top-level ``teachers/`` folder) names an architecture, its
+constructor arguments, a safetensors weights file (relative to the card) and that file's
+sha256. :func:`load_teacher` checks the hash, builds the model and freezes it visibly
+(DESIGN.md, convention 3): ``requires_grad_(False)``, always ``eval()``, inference mode.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from safetensors.torch import load_file
+from torch import nn
+
+from edgedistill.artifacts import sha256_file
+from edgedistill.errors import RecipeError, UnsafeFileError
+from edgedistill.students import build_model
+
+
+@dataclass(frozen=True)
+class TeacherCard:
+    """What a teacher card file says."""
+
+    name: str
+    arch: str
+    config: dict[str, Any]
+    weights: Path
+    sha256: str | None
+    labels: tuple[str, ...]
+    raw: dict[str, Any]
+
+    @classmethod
+    def load(cls, path: Path) -> TeacherCard:
+        """Parse and check a card; the weights path must stay inside the card's folder."""
+        try:
+            raw = yaml.safe_load(Path(path).read_text())
+        except (OSError, yaml.YAMLError) as exc:
+            raise RecipeError(f"teacher card {path}: cannot read: {exc}") from None
+        if not isinstance(raw, dict):
+            raise RecipeError(f"teacher card {path}: expected a mapping")
+        missing = [key for key in ("name", "arch", "weights") if key not in raw]
+        if missing:
+            raise RecipeError(f"teacher card {path}: missing {', '.join(missing)}")
+        folder = Path(path).resolve().parent
+        weights = (folder / str(raw["weights"])).resolve()
+        if not weights.is_relative_to(folder):
+            raise UnsafeFileError(f"teacher card {path}: weights path escapes the card's folder")
+        if weights.suffix != ".safetensors":
+            raise UnsafeFileError(
+                f"teacher card {path}: weights must be .safetensors (pickled files are refused)"
+            )
+        if not weights.is_file():
+            raise RecipeError(f"teacher card {path}: weights file {weights} does not exist")
+        return cls(
+            name=str(raw["name"]),
+            arch=str(raw["arch"]),
+            config=dict(raw.get("config") or {}),
+            weights=weights,
+            sha256=raw.get("sha256"),
+            labels=tuple(raw.get("labels") or ()),
+            raw=raw,
+        )
+
+
+class FrozenTeacher(nn.Module):
+    """A teacher that cannot be trained: no gradients, always in eval mode.
+
+    Args:
+        model: The network; its parameters are frozen in place.
+        name: Shown in logs and reports.
+        weights_sha256: Hash of the weights, the teacher part of every cache key.
+    """
+
+    def __init__(self, model: nn.Module, name: str, weights_sha256: str) -> None:
+        super().__init__()
+        self.model = model.eval().requires_grad_(False)
+        self.name = name
+        self.weights_sha256 = weights_sha256
+        super().train(False)
+
+    def train(self, mode: bool = True) -> FrozenTeacher:
+        # A frozen teacher never leaves eval mode (BN statistics and dropout stay fixed).
+        super().train(False)
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            return self.model(x)
+
+
+def load_teacher(card_path: Path) -> tuple[FrozenTeacher, TeacherCard]:
+    """Load the teacher a card describes, refusing weights whose sha256 does not match."""
+    card = TeacherCard.load(card_path)
+    digest = sha256_file(card.weights)
+    if card.sha256 and card.sha256 != digest:
+        raise UnsafeFileError(
+            f"teacher weights {card.weights}: sha256 {digest[:12]}… does not match the card's "
+            f"{str(card.sha256)[:12]}…"
+        )
+    model = build_model(card.arch, card.config)
+    state = load_file(str(card.weights))
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[1] if len(str(exc).splitlines()) > 1 else str(exc)
+        raise RecipeError(
+            f"teacher {card.name}: weights do not fit '{card.arch}': {first.strip()}"
+        ) from None
+    return FrozenTeacher(model, card.name, digest), card
