@@ -17,7 +17,13 @@ from edgedistill.data import write_idx
 from edgedistill.students.vision import ConvNet
 
 LABELS = ["left", "middle", "right"]
-TEACHER_ARCH: dict[str, Any] = {"in_channels": 1, "num_classes": 3, "widths": [16, 32], "blocks_per_stage": 2, "residual": True}
+TEACHER_ARCH: dict[str, Any] = {
+    "in_channels": 1,
+    "num_classes": 3,
+    "widths": [16, 32],
+    "blocks_per_stage": 2,
+    "residual": True,
+}
 
 
 def make_images(n: int, seed: int, size: int = 16) -> tuple[np.ndarray, np.ndarray]:
@@ -88,8 +94,13 @@ def tiny_recipe_dict(tiny_idx_dir: Path, tiny_teacher_card: Path) -> dict[str, A
         "distill": {"epochs": 2, "batch_size": 64, "lr": 0.05},
         "prune": {"target_macs_ratio": 0.7, "finetune_epochs": 1},
         "quantize": {"calibration_samples": 64},
-        "profile": {"threads": 1, "batch_sizes": [1, 4], "warmup": 2, "runs": 100,
-                    "runtimes": ["torch", "onnxruntime"]},
+        "profile": {
+            "threads": 1,
+            "batch_sizes": [1, 4],
+            "warmup": 2,
+            "runs": 100,
+            "runtimes": ["torch", "onnxruntime"],
+        },
         "gates": {"parity_samples": 64, "int8_max_accuracy_drop": 100.0},
     }
 

@@ -21,8 +21,17 @@ from edgedistill.cli.app import app
 from edgedistill.errors import RecipeError
 
 EXE = Path(sys.executable).parent / "edgedistill"
-STAGE_COMMANDS = ("distill", "prune", "export", "quantize", "verify", "profile", "bundle",
-                  "report", "run")
+STAGE_COMMANDS = (
+    "distill",
+    "prune",
+    "export",
+    "quantize",
+    "verify",
+    "profile",
+    "bundle",
+    "report",
+    "run",
+)
 
 
 @pytest.fixture
@@ -61,7 +70,9 @@ def test_validate_good_recipe(runner: CliRunner, tiny_recipe_file: Path) -> None
     assert "ok" in result.stderr and "tiny" in result.stderr
 
 
-def test_validate_bad_recipe(runner: CliRunner, tmp_path: Path, tiny_recipe_dict: dict[str, Any]) -> None:
+def test_validate_bad_recipe(
+    runner: CliRunner, tmp_path: Path, tiny_recipe_dict: dict[str, Any]
+) -> None:
     path = _write(tmp_path, {**tiny_recipe_dict, "seed": "abc"})
     result = runner.invoke(app, ["validate", str(path)])
     assert result.exit_code == 2
@@ -105,7 +116,9 @@ def test_missing_recipe_file(runner: CliRunner, tmp_path: Path) -> None:
     assert "nope.yaml" in _one_line(result.stderr)
 
 
-def test_debug_shows_the_exception(runner: CliRunner, tmp_path: Path, tiny_recipe_dict: dict[str, Any]) -> None:
+def test_debug_shows_the_exception(
+    runner: CliRunner, tmp_path: Path, tiny_recipe_dict: dict[str, Any]
+) -> None:
     path = _write(tmp_path, {**tiny_recipe_dict, "bogus": 1})
     result = runner.invoke(app, ["run", str(path), "--debug"])
     assert isinstance(result.exception, RecipeError)
@@ -124,7 +137,12 @@ def test_subprocess_error_is_one_line_without_traceback(
     env = {**os.environ, "COLUMNS": "40", "NO_COLOR": "1"}
     proc = subprocess.run(
         [str(EXE), "run", str(path), "--out", str(tmp_path / "out")],
-        capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120, check=False,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+        timeout=120,
+        check=False,
     )
     assert proc.returncode == 2, proc.stderr
     line = _one_line(proc.stderr)
@@ -133,11 +151,17 @@ def test_subprocess_error_is_one_line_without_traceback(
     assert proc.stdout == ""
 
 
-def test_subprocess_debug_prints_a_traceback(tmp_path: Path, tiny_recipe_dict: dict[str, Any]) -> None:
+def test_subprocess_debug_prints_a_traceback(
+    tmp_path: Path, tiny_recipe_dict: dict[str, Any]
+) -> None:
     path = _write(tmp_path, {**tiny_recipe_dict, "bogus": 1})
     proc = subprocess.run(
         [str(EXE), "validate", str(path), "--debug"],
-        capture_output=True, text=True, cwd=tmp_path, timeout=120, check=False,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
+        check=False,
     )
     assert proc.returncode != 0
     assert "Traceback" in proc.stderr
@@ -145,7 +169,9 @@ def test_subprocess_debug_prints_a_traceback(tmp_path: Path, tiny_recipe_dict: d
 
 
 @pytest.mark.parametrize("folder", ["[draft]", "[/old]"])
-def test_error_messages_are_printed_verbatim(runner: CliRunner, tmp_path: Path, folder: str) -> None:
+def test_error_messages_are_printed_verbatim(
+    runner: CliRunner, tmp_path: Path, folder: str
+) -> None:
     path = tmp_path / folder / "recipe.yaml"
     result = runner.invoke(app, ["validate", str(path)])
     assert result.exit_code == 2

@@ -38,7 +38,9 @@ def _with(d: dict[str, Any], dotted: str, value: Any) -> dict[str, Any]:
 # ---- valid recipes ----------------------------------------------------------------------
 
 
-def test_valid_recipe_parses_with_given_and_default_values(tiny_recipe_dict: dict[str, Any]) -> None:
+def test_valid_recipe_parses_with_given_and_default_values(
+    tiny_recipe_dict: dict[str, Any],
+) -> None:
     recipe = Recipe.from_dict(tiny_recipe_dict)
     assert recipe.name == "tiny"
     assert recipe.threads == 1
@@ -113,8 +115,17 @@ def test_unknown_top_level_key(tiny_recipe_dict: dict[str, Any]) -> None:
     message = _recipe_error(raw, source="r.yaml")
     assert message.startswith("r.yaml: ")
     assert "unknown key 'distil'" in message
-    for allowed in ("data", "teacher", "student", "distill", "prune", "quantize", "export",
-                    "profile", "gates"):
+    for allowed in (
+        "data",
+        "teacher",
+        "student",
+        "distill",
+        "prune",
+        "quantize",
+        "export",
+        "profile",
+        "gates",
+    ):
         assert allowed in message.split("allowed here:")[1]
 
 

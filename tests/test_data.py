@@ -228,8 +228,10 @@ def test_fingerprint_changes_with_labels_and_names() -> None:
     ds = _dataset()
     y = ds.y_train.copy()
     y[0] = (y[0] + 1) % 3
-    assert ImageDataset(ds.name, ds.x_train, y, ds.x_test, ds.y_test, ds.labels).fingerprint() \
+    assert (
+        ImageDataset(ds.name, ds.x_train, y, ds.x_test, ds.y_test, ds.labels).fingerprint()
         != ds.fingerprint()
+    )
     renamed = ImageDataset(ds.name, ds.x_train, ds.y_train, ds.x_test, ds.y_test, ("a", "b", "z"))
     assert renamed.fingerprint() != ds.fingerprint()
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +19,9 @@ def _recipe(d: dict[str, Any]) -> Recipe:
     return Recipe.from_dict(d)
 
 
-def test_full_chain_then_rerun_skips_everything(tmp_path: Path, tiny_recipe_dict: dict[str, Any]) -> None:
+def test_full_chain_then_rerun_skips_everything(
+    tmp_path: Path, tiny_recipe_dict: dict[str, Any]
+) -> None:
     out = tmp_path / "run"
     console = Console(file=io.StringIO(), force_terminal=False)
     ctx = run_pipeline(_recipe(tiny_recipe_dict), out, console=console)
@@ -40,6 +44,16 @@ def test_full_chain_then_rerun_skips_everything(tmp_path: Path, tiny_recipe_dict
     assert {"model.onnx", "model-int8.onnx", "manifest.json", "example.py", "samples.npz"} <= {
         p.name for p in bundle.iterdir()
     }
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert set(manifest["files"]) >= {"model.onnx", "model-int8.onnx", "example.py", "samples.npz"}
+    assert (
+        manifest["input"]["normalization"]["mean"]
+        and manifest["labels"] == tiny_recipe_dict["data"]["labels"]
+    )
+    example = subprocess.run(
+        [sys.executable, str(bundle / "example.py")], capture_output=True, text=True, check=True
+    )
+    assert example.stdout.count("image ") == 8 and "(true: " in example.stdout
     for report in ("report.md", "report.html", "accuracy_vs_latency.png"):
         assert (out / "report" / report).stat().st_size > 0
 

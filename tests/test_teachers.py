@@ -108,7 +108,9 @@ def test_tampered_weights_refused(tmp_path: Path, tiny_teacher_card: Path) -> No
     card = _card_copy(tmp_path, tiny_teacher_card)
     weights = card.parent / "teacher.safetensors"
     torch.manual_seed(123)
-    model = ConvNet(in_channels=1, num_classes=3, widths=[16, 32], blocks_per_stage=2, residual=True)
+    model = ConvNet(
+        in_channels=1, num_classes=3, widths=[16, 32], blocks_per_stage=2, residual=True
+    )
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(weights))
     with pytest.raises(UnsafeFileError, match="sha256"):
         load_teacher(card)
@@ -124,7 +126,9 @@ def test_weights_path_escaping_card_folder_refused(tmp_path: Path, tiny_teacher_
         load_teacher(card)
 
 
-def test_absolute_weights_path_outside_folder_refused(tmp_path: Path, tiny_teacher_card: Path) -> None:
+def test_absolute_weights_path_outside_folder_refused(
+    tmp_path: Path, tiny_teacher_card: Path
+) -> None:
     outside = tmp_path / "elsewhere.safetensors"
     shutil.copy(tiny_teacher_card.parent / "teacher.safetensors", outside)
     card = _card_copy(tmp_path, tiny_teacher_card, weights=str(outside))
@@ -201,7 +205,12 @@ def test_cached_teacher_logits_computes_once_then_hits(
     seen: list[int] = []
 
     first, hit = cached_teacher_logits(
-        counting, images, _transform, key=_key(), cache_dir=tmp_path, batch_size=16,
+        counting,
+        images,
+        _transform,
+        key=_key(),
+        cache_dir=tmp_path,
+        batch_size=16,
         on_batch=seen.append,
     )
     assert hit is False
@@ -212,7 +221,12 @@ def test_cached_teacher_logits_computes_once_then_hits(
     assert len(list(tmp_path.glob("teacher-logits-*.npy"))) == 1
 
     again, hit = cached_teacher_logits(
-        counting, images, _transform, key=_key(), cache_dir=tmp_path, batch_size=16,
+        counting,
+        images,
+        _transform,
+        key=_key(),
+        cache_dir=tmp_path,
+        batch_size=16,
         on_batch=seen.append,
     )
     assert hit is True
@@ -229,8 +243,9 @@ def test_cache_miss_for_another_key(tmp_path: Path) -> None:
     calls = CountingTeacher(lambda x: x.mean(dim=(2, 3)))
     images = np.arange(2 * 3 * 4 * 4, dtype=np.uint8).reshape(2, 3, 4, 4)
     cached_teacher_logits(calls, images, _transform, key=_key(), cache_dir=tmp_path)
-    _, hit = cached_teacher_logits(calls, images, _transform, key=_key(taps=["logits", "f"]),
-                                   cache_dir=tmp_path)
+    _, hit = cached_teacher_logits(
+        calls, images, _transform, key=_key(taps=["logits", "f"]), cache_dir=tmp_path
+    )
     assert hit is False and calls.calls == 2
     assert len(list(tmp_path.glob("teacher-logits-*.npy"))) == 2
 
@@ -247,8 +262,9 @@ def test_cache_entry_with_wrong_length_is_recomputed(tmp_path: Path) -> None:
 def test_cache_creates_missing_cache_dir(tmp_path: Path) -> None:
     cache = tmp_path / "a" / "b"
     images = np.zeros((2, 1, 2, 2), dtype=np.uint8)
-    out, hit = cached_teacher_logits(lambda x: x.flatten(1), images, _transform, key=_key(),
-                                     cache_dir=cache)
+    out, hit = cached_teacher_logits(
+        lambda x: x.flatten(1), images, _transform, key=_key(), cache_dir=cache
+    )
     assert not hit and out.shape == (2, 4) and any(cache.glob("*.npy"))
     assert not list(cache.glob(".*"))  # no temporary file left behind
 

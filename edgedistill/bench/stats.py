@@ -11,7 +11,7 @@ def percentile(samples: Sequence[float], q: float) -> float:
 
     Matches ``numpy.percentile(samples, q)`` (method "linear").
     """
-    if not samples:
+    if len(samples) == 0:
         raise ValueError("percentile of no samples is undefined")
     if not 0 <= q <= 100:
         raise ValueError(f"q must be in [0, 100], got {q}")
@@ -24,7 +24,7 @@ def percentile(samples: Sequence[float], q: float) -> float:
 
 def latency_summary(samples_ms: Sequence[float]) -> dict[str, float]:
     """p50/p90/p99, mean, std (population), min, max and count of latency samples in ms."""
-    if not samples_ms:
+    if len(samples_ms) == 0:
         raise ValueError("latency summary of no samples is undefined")
     if any(s < 0 or math.isnan(s) for s in samples_ms):
         raise ValueError("latency samples must be non-negative numbers")

@@ -133,6 +133,7 @@ def prune_channels(
     macs, steps = count_macs(current, input_shape), 0
     while macs > target_macs_ratio * macs_before:
         best: tuple[float, nn.Module, int] | None = None
+        finishing: tuple[float, nn.Module, int] | None = None  # steps that reach the target
         for name, channels in _group_roots(current, example, ignored(current)).items():
             if channels - round_to < round_to:
                 continue
@@ -145,6 +146,13 @@ def prune_channels(
             cost = lost / saved
             if best is None or cost < best[0]:
                 best = (cost, trial, trial_macs)
+            if trial_macs <= target_macs_ratio * macs_before and (
+                finishing is None or lost < finishing[0]
+            ):
+                finishing = (lost, trial, trial_macs)
+        if finishing is not None:
+            # The last step: of the removals that reach the target, the one losing least.
+            best = finishing
         if best is None:
             raise StageError(
                 f"pruning cannot reach {target_macs_ratio:.2f}x MACs with round_to={round_to} "

@@ -126,6 +126,7 @@ def train_student(
         model.train()
         order = torch.randperm(n, generator=generator)
         totals = {"loss": 0.0, "ce": 0.0, "kd": 0.0}
+        epoch_lr = float(scheduler.get_last_lr()[0])  # LR at the start of the epoch
         for step, begin in enumerate(range(0, n, settings.batch_size)):
             idx = order[begin : begin + settings.batch_size]
             logits = model(x_train[idx])
@@ -152,7 +153,7 @@ def train_student(
                     f"epoch {epoch + 1}/{settings.epochs} loss {loss.item():.3f}",
                 )
         row: dict[str, float] = {"epoch": epoch + 1, **{k: v / n for k, v in totals.items()}}
-        row["lr"] = float(scheduler.get_last_lr()[0])
+        row["lr"] = epoch_lr
         if evaluate is not None:
             row["val_top1"] = evaluate(model)
         result.history.append(row)

@@ -6,7 +6,9 @@ import contextlib
 import io
 import logging
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -91,6 +93,23 @@ def _quiet_logger(name: str):  # type: ignore[no-untyped-def]
         logger.setLevel(old)
 
 
+def _all_tensors(graph: Any) -> Iterator[Any]:
+    """Every TensorProto in a graph and its subgraphs (If/Loop/Scan bodies), sparse included."""
+    yield from graph.initializer
+    for sparse in graph.sparse_initializer:
+        yield sparse.values
+        yield sparse.indices
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.HasField("t"):
+                yield attr.t
+            yield from attr.tensors
+            if attr.HasField("g"):
+                yield from _all_tensors(attr.g)
+            for sub in attr.graphs:
+                yield from _all_tensors(sub)
+
+
 def check_onnx_file(path: Path) -> None:
     """Refuse an ONNX model whose external-data references leave the model's folder.
 
@@ -108,10 +127,7 @@ def check_onnx_file(path: Path) -> None:
     except Exception as exc:
         raise StageError(f"{path} is not a readable ONNX model: {exc}") from None
     folder = path.resolve().parent
-    tensors = list(model.graph.initializer)
-    for node in model.graph.node:
-        tensors += [a.t for a in node.attribute if a.HasField("t")]
-    for tensor in tensors:
+    for tensor in _all_tensors(model.graph):
         if tensor.data_location != onnx.TensorProto.EXTERNAL:
             continue
         location = next((e.value for e in tensor.external_data if e.key == "location"), "")
