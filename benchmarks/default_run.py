@@ -31,6 +31,33 @@ def run(recipe: Path, out: Path) -> float:
     return time.perf_counter() - start
 
 
+def ratio_table(summary: dict) -> list[str]:
+    """Markdown rows: pruned vs unpruned and INT8 vs FP32, per runtime and batch size."""
+    sweep = {
+        (m["name"], e["runtime"], int(e["batch"])): e["p50"]
+        for m in summary["models"]
+        for e in m["latency_sweep_ms"]
+    }
+    pairs = [
+        ("student-pruned vs student", "student", "student-pruned"),
+        ("student-int8 vs student", "student", "student-int8"),
+        ("student-pruned-int8 vs student-pruned", "student-pruned", "student-pruned-int8"),
+        ("student-pruned-int8 vs student", "student", "student-pruned-int8"),
+    ]
+    keys = sorted({(rt, b) for (_, rt, b) in sweep if rt != "torch"})
+    lines = ["| comparison | " + " | ".join(f"{rt} b{b}" for rt, b in keys) + " |"]
+    lines.append("|---|" + "---|" * len(keys))
+    for label, base, cand in pairs:
+        cells = []
+        for rt, b in keys:
+            if (base, rt, b) in sweep and (cand, rt, b) in sweep:
+                cells.append(f"{sweep[(base, rt, b)] / sweep[(cand, rt, b)]:.2f}×")
+            else:
+                cells.append("–")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -100,6 +127,10 @@ def main() -> None:
             "OpenVINO with the f32 precision hint. Speed-ups measured in the same run:",
             "",
             *[f"- {k}: **{v:.1f}×**" for k, v in summary["speedups"].items()],
+            "",
+            "Compression speed-ups by batch size (p50 ratio, same run; > 1 means faster):",
+            "",
+            *ratio_table(summary),
             "",
             "Bars:",
             "",

@@ -108,7 +108,7 @@ class PruneConfig(_Section):
     """Structured channel pruning (torch-pruning) and KD recovery fine-tuning."""
 
     enabled: bool = True
-    target_macs_ratio: float = Field(default=0.65, gt=0, lt=1)
+    target_macs_ratio: float = Field(default=0.7, gt=0, lt=1)
     round_to: int = Field(default=8, ge=1)
     importance: Literal["l1", "l2"] = "l2"
     finetune_epochs: int = Field(default=4, ge=0)

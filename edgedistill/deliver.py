@@ -147,6 +147,30 @@ def _latency_b1(ctx: RunContext) -> dict[str, dict[str, dict[str, float]]]:
     return out
 
 
+def _recommendation(ctx: RunContext, latency: dict[str, Any]) -> dict[str, Any]:
+    """Which bundled model to ship and why: INT8 only when it is measurably faster."""
+    bundle = ctx.manifests.get("bundle")
+    if bundle is None:
+        return {}
+    fp32 = _final_fp32(ctx)
+    choice = bundle["metrics"]["recommended"]
+    fp32_ms = latency.get(fp32, {}).get("onnxruntime", {}).get("p50")
+    int8_ms = latency.get(f"{fp32}-int8", {}).get("onnxruntime", {}).get("p50")
+    if fp32_ms and int8_ms:
+        faster = "faster" if int8_ms < fp32_ms else "slower"
+        reason = (
+            f"INT8 is {faster} than FP32 in ONNX Runtime at batch 1 "
+            f"({int8_ms:.3f} vs {fp32_ms:.3f} ms p50)"
+        )
+    else:
+        reason = "no INT8 model or no ONNX Runtime latency to compare"
+    return {
+        "file": choice,
+        "model": fp32 if choice == "model.onnx" else f"{fp32}-int8",
+        "reason": reason,
+    }
+
+
 def build_summary(ctx: RunContext) -> dict[str, Any]:
     """The machine-readable summary: one row per model (see README, "summary.json")."""
     from edgedistill.artifacts import read_json
@@ -210,6 +234,7 @@ def build_summary(ctx: RunContext) -> dict[str, Any]:
         "gates": ctx.recipe.gates.model_dump(mode="json"),
         "environment": profile_env,
         "bundle": str(ctx.stage_dir("bundle") / "app"),
+        "recommended": _recommendation(ctx, latency),
         "report": str(ctx.stage_dir("report") / "report.html"),
     }
 

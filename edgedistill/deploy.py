@@ -137,9 +137,9 @@ def stage_export(ctx: RunContext) -> dict[str, Any]:
 
 def calibration_set(ctx: RunContext) -> np.ndarray:
     """A seeded random sample of normalised training images for INT8 calibration."""
-    n = min(ctx.recipe.quantize.calibration_samples, len(ctx.dataset.y_train))
-    order = np.random.default_rng(ctx.recipe.seed + 1).permutation(len(ctx.dataset.y_train))[:n]
-    return ctx.normalization.apply(ctx.dataset.x_train[np.sort(order)]).numpy()
+    from edgedistill.stages import calibration_inputs
+
+    return calibration_inputs(ctx, ctx.recipe.quantize.calibration_samples).numpy()
 
 
 def stage_quantize(ctx: RunContext) -> dict[str, Any]:

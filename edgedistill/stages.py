@@ -7,10 +7,13 @@ and delivery stages (bundle, report) in :mod:`edgedistill.deliver`.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from edgedistill.artifacts import atomic_write_json, read_json
@@ -171,6 +174,25 @@ def stage_distill(ctx: RunContext) -> dict[str, Any]:
     return ctx.run_stage("distill", inputs, body)
 
 
+def calibration_inputs(ctx: RunContext, n: int = 512) -> torch.Tensor:
+    """A seeded sample of ``n`` normalised training images (pruning and INT8 calibration)."""
+    count = min(n, len(ctx.dataset.y_train))
+    order = np.random.default_rng(ctx.recipe.seed + 1).permutation(len(ctx.dataset.y_train))
+    return ctx.normalization.apply(ctx.dataset.x_train[np.sort(order[:count])])
+
+
+def output_distortion(reference: nn.Module, x: torch.Tensor) -> Callable[[nn.Module], float]:
+    """KL(reference ‖ candidate) of the output distributions on ``x``: how much pruning
+    changed what the model predicts (lower is better)."""
+    reference_log_p = torch.log_softmax(torch.as_tensor(predict_logits(reference, x)), dim=-1)
+
+    def score(candidate: nn.Module) -> float:
+        log_p = torch.log_softmax(torch.as_tensor(predict_logits(candidate, x)), dim=-1)
+        return float(F.kl_div(log_p, reference_log_p, log_target=True, reduction="batchmean"))
+
+    return score
+
+
 def stage_prune(ctx: RunContext) -> dict[str, Any]:
     """Structured channel pruning to a MACs target, then KD recovery fine-tuning."""
     cfg = ctx.recipe.prune
@@ -193,6 +215,7 @@ def stage_prune(ctx: RunContext) -> dict[str, Any]:
             target_macs_ratio=cfg.target_macs_ratio,
             round_to=cfg.round_to,
             importance=cfg.importance,
+            distortion=output_distortion(student, calibration_inputs(ctx)),
         )
         pruned = result.model
         no_finetune_top1 = topk_accuracy(predict_logits(pruned, ctx.x_test), ctx.y_test)

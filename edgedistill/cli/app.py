@@ -8,6 +8,7 @@ shows the traceback.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -81,10 +82,14 @@ def _print_summary(out_dir: Path) -> None:
         table.add_column(h, justify="left" if i < 2 else "right")
     for r in rows:
         table.add_row(*r)
-    out = Console()
+    # Wide enough for the whole table when stdout is a file or a CI log (rich defaults to 80).
+    out = Console() if sys.stdout.isatty() else Console(width=200)
     out.print(table)
     for k, v in summary.get("speedups", {}).items():
         out.print(f"  {k}: [bold]{v:.1f}×[/]")
+    rec = summary.get("recommended") or {}
+    if rec:
+        out.print(f"ship {rec['file']} ({rec['model']}): {rec['reason']}")
     out.print(f"bundle:  {summary['bundle']}")
     out.print(f"report:  {summary['report']}")
     out.print(f"summary: {out_dir / 'summary.json'}")

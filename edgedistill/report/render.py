@@ -59,6 +59,11 @@ def render_markdown(summary: dict[str, Any], training: dict[str, Any]) -> str:
         "|" + "---|" * len(header),
         *["| " + " | ".join(r) + " |" for r in rows],
         "",
+        *(
+            [f"**Ship `{rec['file']}`** ({rec['model']}): {rec['reason']}.", ""]
+            if (rec := summary.get("recommended"))
+            else []
+        ),
         "## Speed-ups (measured in the same run)",
         "",
         *[f"- {k}: **{v:.1f}×**" for k, v in summary.get("speedups", {}).items()],
@@ -105,6 +110,13 @@ def render_html(summary: dict[str, Any], training: dict[str, Any], plot_name: st
         for s, m in training.items()
     )
     env = summary.get("environment") or {}
+    rec = summary.get("recommended") or {}
+    recommendation = (
+        f"<p><b>Ship <code>{esc(rec['file'])}</code></b> ({esc(rec['model'])}): "
+        f"{esc(rec['reason'])}.</p>"
+        if rec
+        else ""
+    )
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>edgedistill report: {esc(summary["recipe"])}</title>
 <style>body{{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}}
@@ -114,6 +126,7 @@ td:first-child,th:first-child{{text-align:left}}th{{background:#f3f3f3}}</style>
 <p>Dataset: {esc(summary["dataset"])}. Accuracy: {esc(summary["accuracy_metric"])}.
 Latency: batch 1, {esc(str(env.get("threads", "?")))} threads, {esc(str(env.get("cpu", "")))}.</p>
 {table}
+{recommendation}
 <h2>Speed-ups (same run)</h2><ul>{speed}</ul>
 <h2>Accuracy vs latency</h2><img src="{esc(plot_name)}" alt="accuracy vs latency" width="720">
 <h2>Training</h2><ul>{train}</ul>
@@ -127,19 +140,43 @@ def render_plot(summary: dict[str, Any], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
 
     markers = {"torch": "o", "onnxruntime": "s", "openvino": "^"}
+    colors = plt.get_cmap("tab10").colors
     fig, ax = plt.subplots(figsize=(7.2, 4.5), dpi=100)
-    for row in summary["models"]:
-        for rt, lat in row["latency_ms"].items():
-            ax.scatter(lat["p50"], row["accuracy"], marker=markers.get(rt, "x"), s=50)
-            ax.annotate(
-                f"{row['name']} ({rt})",
-                (lat["p50"], row["accuracy"]),
-                fontsize=7,
-                xytext=(4, 3),
-                textcoords="offset points",
+    model_handles = []
+    for i, row in enumerate(summary["models"]):
+        color = colors[i % len(colors)]
+        points = sorted((lat["p50"], rt) for rt, lat in row["latency_ms"].items())
+        for p50, rt in points:
+            ax.scatter(
+                p50,
+                row["accuracy"],
+                marker=markers.get(rt, "x"),
+                s=60,
+                color=color,
+                edgecolors="black",
+                linewidths=0.5,
+                zorder=3,
             )
+        if len(points) > 1:
+            ax.plot(
+                [p for p, _ in points],
+                [row["accuracy"]] * len(points),
+                color=color,
+                alpha=0.4,
+                zorder=2,
+            )
+        model_handles.append(
+            Line2D([], [], color=color, marker="o", linestyle="", label=row["name"])
+        )
+    runtime_handles = [
+        Line2D([], [], color="grey", marker=m, linestyle="", label=rt) for rt, m in markers.items()
+    ]
+    first = ax.legend(handles=model_handles, loc="center right", fontsize=8, title="model")
+    ax.add_artist(first)
+    ax.legend(handles=runtime_handles, loc="lower right", fontsize=8, title="runtime")
     ax.set_xscale("log")
     ax.set_xlabel("latency p50, batch 1 (ms, log scale)")
     ax.set_ylabel("top-1 accuracy (%)")
