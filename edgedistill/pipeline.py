@@ -193,7 +193,7 @@ class RunContext:
 
 def _headline(metrics: dict[str, Any]) -> str:
     shown = [
-        f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}"
+        f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
         for k, v in metrics.items()
         if isinstance(v, int | float | str) and not isinstance(v, bool)
     ]
