@@ -143,7 +143,7 @@ def render_plot(summary: dict[str, Any], path: Path) -> None:
     from matplotlib.lines import Line2D
 
     markers = {"torch": "o", "onnxruntime": "s", "openvino": "^"}
-    colors = plt.get_cmap("tab10").colors
+    colors = [plt.get_cmap("tab10")(i) for i in range(10)]
     fig, ax = plt.subplots(figsize=(7.2, 4.5), dpi=100)
     model_handles = []
     for i, row in enumerate(summary["models"]):
