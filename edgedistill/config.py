@@ -72,11 +72,21 @@ class StudentConfig(_Section):
 
 
 class LossTerm(_Section):
-    """One weighted term of the distillation objective."""
+    """One weighted term of the distillation objective, with optional schedules.
 
-    name: Literal["ce", "kd"]
+    ``ce`` cross-entropy; ``kd`` Hinton KD; ``dkd`` decoupled KD (``alpha``, ``beta``);
+    ``pskd`` progressive self-KD (``alpha_T``, no teacher). ``warmup_epochs`` ramps the weight
+    up linearly; ``final_temperature`` decays the temperature linearly over training.
+    """
+
+    name: Literal["ce", "kd", "dkd", "pskd"]
     weight: float = Field(ge=0)
     temperature: float = Field(default=4.0, gt=0)
+    final_temperature: float | None = Field(default=None, gt=0)
+    warmup_epochs: int = Field(default=0, ge=0)
+    alpha: float = Field(default=1.0, ge=0, description="dkd: TCKD weight")
+    beta: float = Field(default=8.0, ge=0, description="dkd: NCKD weight")
+    alpha_T: float = Field(default=0.8, ge=0, le=1, description="pskd: final mixing weight")
 
 
 class DistillConfig(_Section):

@@ -20,6 +20,7 @@ from edgedistill.artifacts import atomic_write_json, read_json
 from edgedistill.compress.prune import prune_channels
 from edgedistill.deliver import stage_bundle, stage_report
 from edgedistill.deploy import stage_export, stage_profile, stage_quantize, stage_verify
+from edgedistill.distill.objective import TEACHER_TERMS, LossTermSpec
 from edgedistill.distill.trainer import TrainSettings, train_student
 from edgedistill.errors import RecipeError
 from edgedistill.metrics import count_macs, count_params, predict_logits, topk_accuracy
@@ -66,17 +67,14 @@ def teacher_logits_for(ctx: RunContext, images: Any, split: str) -> tuple[Any, b
 
 def _settings(ctx: RunContext, epochs: int, lr: float) -> TrainSettings:
     cfg = ctx.recipe.distill
-    terms = {t.name: t for t in cfg.terms}
     return TrainSettings(
         epochs=epochs,
         batch_size=cfg.batch_size,
         lr=lr,
         momentum=cfg.momentum,
         weight_decay=cfg.weight_decay,
-        ce_weight=terms["ce"].weight if "ce" in terms else 0.0,
-        kd_weight=terms["kd"].weight if "kd" in terms else 0.0,
-        temperature=terms["kd"].temperature if "kd" in terms else 1.0,
         seed=ctx.recipe.seed,
+        terms=tuple(LossTermSpec(**term.model_dump()) for term in cfg.terms),
     )
 
 
@@ -91,7 +89,7 @@ def _train(
     x_train = ctx.normalization.apply(ctx.dataset.x_train)
     y_train = torch.as_tensor(ctx.dataset.y_train)
     teacher_logits = None
-    if settings.kd_weight > 0:
+    if any(t.name in TEACHER_TERMS and t.weight > 0 for t in settings.loss_terms()):
         teacher_logits, _ = teacher_logits_for(ctx, ctx.dataset.x_train, "train")
     steps = settings.epochs * -(-len(y_train) // settings.batch_size)
 

@@ -18,18 +18,19 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from edgedistill.artifacts import atomic_save, atomic_write_text
-from edgedistill.distill.kd import kd_loss
+from edgedistill.distill.objective import LossTermSpec, Objective
 
 
 @dataclass(frozen=True)
 class TrainSettings:
     """Optimisation and loss weights of one training run.
 
-    The objective is ``ce_weight · CE(z_s, y) + kd_weight · KD(z_s, z_t; T)``.
+    The objective is ``ce_weight · CE(z_s, y) + kd_weight · KD(z_s, z_t; T)``, or, when
+    ``terms`` is given, the sum of those weighted, scheduled terms
+    (:class:`~edgedistill.distill.objective.LossTermSpec`: ce, kd, dkd, pskd).
     """
 
     epochs: int
@@ -41,6 +42,21 @@ class TrainSettings:
     kd_weight: float = 0.0
     temperature: float = 4.0
     seed: int = 0
+    terms: tuple[LossTermSpec, ...] = ()
+
+    def __post_init__(self) -> None:
+        # Accept lists and plain dicts (e.g. settings read back from JSON) as terms.
+        terms = tuple(t if isinstance(t, LossTermSpec) else LossTermSpec(**t) for t in self.terms)
+        object.__setattr__(self, "terms", terms)
+
+    def loss_terms(self) -> tuple[LossTermSpec, ...]:
+        """The effective terms (``terms``, else CE + KD from the simple weights)."""
+        if self.terms:
+            return self.terms
+        return (
+            LossTermSpec("ce", self.ce_weight),
+            LossTermSpec("kd", self.kd_weight, temperature=self.temperature),
+        )
 
 
 @dataclass
@@ -87,8 +103,10 @@ def train_student(
         progress: Progress callback.
         stop_after_epoch: Return early after this epoch (used by tests to simulate a crash).
     """
-    if settings.kd_weight > 0 and teacher_logits is None:
-        raise ValueError("kd_weight > 0 needs teacher_logits")
+    num_classes = teacher_logits.shape[1] if teacher_logits is not None else int(y_train.max()) + 1
+    objective = Objective(settings.loss_terms(), num_samples=len(y_train), num_classes=num_classes)
+    if objective.needs_teacher and teacher_logits is None:
+        raise ValueError("kd_weight > 0 (or a kd/dkd term) needs teacher_logits")
     if teacher_logits is not None and len(teacher_logits) != len(y_train):
         raise ValueError(
             f"teacher logits cover {len(teacher_logits)} samples, data has {len(y_train)}"
@@ -118,6 +136,7 @@ def train_student(
             scheduler.load_state_dict(state["scheduler"])
             generator.set_state(state["generator"])
             torch.set_rng_state(state["torch_rng"])
+            objective.load_state(state.get("objective", {}))
             start_epoch = int(state["epoch"])
             result.history = list(state["history"])
             result.resumed_from_epoch = start_epoch
@@ -125,27 +144,23 @@ def train_student(
     for epoch in range(start_epoch, settings.epochs):
         model.train()
         order = torch.randperm(n, generator=generator)
-        totals = {"loss": 0.0, "ce": 0.0, "kd": 0.0}
+        totals: dict[str, float] = {"loss": 0.0}
         epoch_lr = float(scheduler.get_last_lr()[0])  # LR at the start of the epoch
         for step, begin in enumerate(range(0, n, settings.batch_size)):
             idx = order[begin : begin + settings.batch_size]
             logits = model(x_train[idx])
-            ce = F.cross_entropy(logits, y_train[idx])
-            loss = settings.ce_weight * ce
-            kd = torch.zeros(())
-            if settings.kd_weight > 0 and teacher_logits is not None:
-                t_logits = torch.from_numpy(
-                    np.asarray(teacher_logits[idx.numpy()], dtype=np.float32)
-                )
-                kd = kd_loss(logits, t_logits, temperature=settings.temperature)
-                loss = loss + settings.kd_weight * kd
+            t_logits = None
+            if objective.needs_teacher and teacher_logits is not None:
+                rows = np.asarray(teacher_logits[idx.numpy()], dtype=np.float32)
+                t_logits = torch.from_numpy(rows)
+            loss, parts = objective(logits, y_train[idx], idx, t_logits, epoch, settings.epochs)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             scheduler.step()
             totals["loss"] += loss.item() * len(idx)
-            totals["ce"] += ce.item() * len(idx)
-            totals["kd"] += kd.item() * len(idx)
+            for name, value in parts.items():
+                totals[name] = totals.get(name, 0.0) + value * len(idx)
             if progress is not None:
                 progress(
                     epoch * steps_per_epoch + step + 1,
@@ -170,6 +185,7 @@ def train_student(
                 "generator": generator.get_state(),
                 "torch_rng": torch.get_rng_state(),
                 "history": result.history,
+                "objective": objective.state(),
             }
             atomic_save(checkpoint_path, lambda tmp, s=state: torch.save(s, tmp))  # type: ignore[misc]
         if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch:

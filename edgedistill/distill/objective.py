@@ -1,0 +1,164 @@
+"""A training objective: weighted loss terms on logits, with per-epoch schedules.
+
+A recipe combines terms by name with weights (``ce``, ``kd``, ``dkd``, ``pskd``). Each term may
+ramp its weight up linearly over its first ``warmup_epochs`` epochs (e.g. a KD weight ramp, or
+DKD's warm-up) and decay its temperature linearly from ``temperature`` to
+``final_temperature`` over training. The losses themselves live one per file in this package
+and take tensors only; this module just schedules and sums them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from edgedistill.distill.dkd import dkd_loss
+from edgedistill.distill.kd import kd_loss
+from edgedistill.distill.pskd import PredictionMemory, pskd_alpha, pskd_loss
+
+TERM_NAMES = ("ce", "kd", "dkd", "pskd")
+TEACHER_TERMS = frozenset({"kd", "dkd"})
+
+
+@dataclass(frozen=True)
+class LossTermSpec:
+    """One weighted term and its schedule.
+
+    Attributes:
+        name: "ce" (cross-entropy), "kd" (Hinton), "dkd" (decoupled KD) or "pskd"
+            (progressive self-KD: the model's previous-epoch predictions as soft targets).
+        weight: Weight once warmed up.
+        temperature: Softmax temperature of kd/dkd at the first epoch.
+        final_temperature: Temperature at the last epoch (linear in between); None = constant.
+        warmup_epochs: The weight grows linearly over this many epochs (epoch e of a warm-up of
+            W epochs uses weight · min(1, (e + 1) / W)); 0 = full weight from the start.
+        alpha: DKD's TCKD weight.
+        beta: DKD's NCKD weight.
+        alpha_T: PS-KD's final mixing weight.
+    """
+
+    name: str
+    weight: float
+    temperature: float = 4.0
+    final_temperature: float | None = None
+    warmup_epochs: int = 0
+    alpha: float = 1.0
+    beta: float = 8.0
+    alpha_T: float = 0.8
+
+    def __post_init__(self) -> None:
+        if self.name not in TERM_NAMES:
+            raise ValueError(f"unknown loss term '{self.name}'; known: {', '.join(TERM_NAMES)}")
+        if self.weight < 0 or self.temperature <= 0 or self.warmup_epochs < 0:
+            raise ValueError(f"bad settings for loss term {self}")
+        if self.final_temperature is not None and self.final_temperature <= 0:
+            raise ValueError(f"final_temperature must be > 0, got {self.final_temperature}")
+
+    def weight_at(self, epoch: int) -> float:
+        """Weight during 0-based ``epoch``."""
+        if self.warmup_epochs == 0:
+            return self.weight
+        return self.weight * min(1.0, (epoch + 1) / self.warmup_epochs)
+
+    def temperature_at(self, epoch: int, total_epochs: int) -> float:
+        """Temperature during 0-based ``epoch`` of ``total_epochs``."""
+        if self.final_temperature is None or total_epochs <= 1:
+            return self.temperature
+        progress = epoch / (total_epochs - 1)
+        return self.temperature + (self.final_temperature - self.temperature) * progress
+
+
+class Objective:
+    """Sums the weighted terms for one batch and keeps the state some terms need.
+
+    Args:
+        terms: The terms; names must be unique.
+        num_samples: Training-set size N (PS-KD keeps one prediction per sample).
+        num_classes: K.
+        memory_path: Keep PS-KD's [N, K] prediction memory memory-mapped on disk here
+            instead of in RAM (for large datasets).
+    """
+
+    def __init__(
+        self,
+        terms: tuple[LossTermSpec, ...],
+        num_samples: int,
+        num_classes: int,
+        memory_path: Path | None = None,
+    ) -> None:
+        names = [t.name for t in terms]
+        if not terms or len(set(names)) != len(names):
+            raise ValueError(f"need at least one term and unique names, got {names}")
+        self.terms = terms
+        self.memory = (
+            PredictionMemory(num_samples, num_classes, memory_path) if "pskd" in names else None
+        )
+
+    @property
+    def needs_teacher(self) -> bool:
+        """Whether any term with a positive weight reads teacher logits."""
+        return any(t.name in TEACHER_TERMS and t.weight > 0 for t in self.terms)
+
+    def __call__(
+        self,
+        logits: torch.Tensor,
+        targets: torch.Tensor,
+        indices: torch.Tensor,
+        teacher_logits: torch.Tensor | None,
+        epoch: int,
+        total_epochs: int,
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """Loss of one batch and each term's unweighted value (for logging).
+
+        Args:
+            logits: [B, K] student scores.
+            targets: [B] labels.
+            indices: [B] dataset indices of the batch (PS-KD's memory rows).
+            teacher_logits: [B, K] cached teacher scores, or None when no term needs them.
+            epoch: 0-based epoch; total_epochs: schedule length.
+        """
+        total = logits.new_zeros(())
+        parts: dict[str, float] = {}
+        for term in self.terms:
+            weight = term.weight_at(epoch)
+            if term.name == "ce":
+                value = F.cross_entropy(logits, targets)
+            elif term.name in TEACHER_TERMS:
+                if term.weight == 0:
+                    parts[term.name] = 0.0
+                    continue
+                if teacher_logits is None:
+                    raise ValueError(f"loss term '{term.name}' needs teacher logits")
+                temperature = term.temperature_at(epoch, total_epochs)
+                if term.name == "kd":
+                    value = kd_loss(logits, teacher_logits, temperature=temperature)
+                else:
+                    value = dkd_loss(
+                        logits, teacher_logits, targets,
+                        alpha=term.alpha, beta=term.beta, temperature=temperature,
+                    )  # fmt: skip
+            else:
+                assert self.memory is not None
+                # Epoch 0 has no previous predictions: plain labels, as in the official code.
+                alpha = 0.0 if epoch == 0 else pskd_alpha(epoch, total_epochs, alpha_T=term.alpha_T)
+                value = pskd_loss(logits, targets, self.memory.get(indices), alpha=alpha)
+            parts[term.name] = value.item()
+            total = total + weight * value
+        if self.memory is not None:
+            self.memory.update(indices, F.softmax(logits.detach(), dim=-1))
+        return total, parts
+
+    def state(self) -> dict[str, torch.Tensor]:
+        """What a checkpoint must hold to resume exactly (PS-KD's memory)."""
+        if self.memory is None:
+            return {}
+        return {"pskd_memory": self.memory.get(torch.arange(len(self.memory)))}
+
+    def load_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Inverse of :meth:`state`."""
+        if self.memory is not None and "pskd_memory" in state:
+            probs = state["pskd_memory"]
+            self.memory.update(torch.arange(probs.shape[0]), probs)
