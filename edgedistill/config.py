@@ -102,6 +102,14 @@ class DistillConfig(_Section):
         LossTerm(name="kd", weight=0.9, temperature=4.0),
     )
     teacher_batch_size: int = Field(default=500, ge=1)
+    schedule: Literal["onecycle", "cosine", "constant"] = "onecycle"
+    grad_clip: float | None = Field(default=None, gt=0, description="max global gradient norm")
+    early_stopping_patience: int | None = Field(
+        default=None, ge=1, description="epochs without improvement on a validation split"
+    )
+    validation_fraction: float = Field(
+        default=0.1, gt=0, lt=1, description="held out of training data for early stopping"
+    )
 
     @field_validator("terms")
     @classmethod

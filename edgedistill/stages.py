@@ -75,6 +75,9 @@ def _settings(ctx: RunContext, epochs: int, lr: float) -> TrainSettings:
         weight_decay=cfg.weight_decay,
         seed=ctx.recipe.seed,
         terms=tuple(LossTermSpec(**term.model_dump()) for term in cfg.terms),
+        schedule=cfg.schedule,
+        grad_clip=cfg.grad_clip,
+        early_stopping_patience=cfg.early_stopping_patience,
     )
 
 
@@ -91,10 +94,22 @@ def _train(
     teacher_logits = None
     if any(t.name in TEACHER_TERMS and t.weight > 0 for t in settings.loss_terms()):
         teacher_logits, _ = teacher_logits_for(ctx, ctx.dataset.x_train, "train")
+    x_val, y_val = ctx.x_test, ctx.y_test  # logged only, never used to pick weights
+    if settings.early_stopping_patience is not None:
+        # Early stopping picks an epoch, so it must look at data held out of training, not
+        # at the test split the report's accuracy comes from.
+        n = len(y_train)
+        order = np.random.default_rng(ctx.recipe.seed + 2).permutation(n)
+        n_val = max(1, round(ctx.recipe.distill.validation_fraction * n))
+        val_idx, train_idx = np.sort(order[:n_val]), np.sort(order[n_val:])
+        x_val, y_val = x_train[val_idx], ctx.dataset.y_train[val_idx]
+        x_train, y_train = x_train[train_idx], y_train[train_idx]
+        if teacher_logits is not None:
+            teacher_logits = np.asarray(teacher_logits)[train_idx]
     steps = settings.epochs * -(-len(y_train) // settings.batch_size)
 
     def evaluate(m: nn.Module) -> float:
-        return topk_accuracy(predict_logits(m, ctx.x_test), ctx.y_test)
+        return topk_accuracy(predict_logits(m, x_val), y_val)
 
     with progress_bar(ctx.console, label, steps) as advance:
         last = [0]
@@ -113,6 +128,7 @@ def _train(
             checkpoint_path=stage_dir / "checkpoint.pt",
             fingerprint=fingerprint,
             log_csv=stage_dir / "train_log.csv",
+            tensorboard_dir=stage_dir / "tensorboard",
             progress=on_step,
         )
     if result.resumed_from_epoch:
@@ -158,7 +174,7 @@ def stage_distill(ctx: RunContext) -> dict[str, Any]:
         return StageOutcome(
             outputs=[*outputs, "normalization.json", "train_log.csv"],
             metrics={
-                "student_top1": history[-1]["val_top1"],
+                "student_top1": topk_accuracy(predict_logits(student, ctx.x_test), ctx.y_test),
                 "teacher_top1": teacher_top1,
                 "student_params": count_params(student),
                 "teacher_params": teacher_params,
@@ -221,7 +237,7 @@ def stage_prune(ctx: RunContext) -> dict[str, Any]:
         if cfg.finetune_epochs > 0:
             settings = _settings(ctx, cfg.finetune_epochs, cfg.finetune_lr)
             history = _train(ctx, pruned, settings, stage_dir, fingerprint, "prune")
-        top1 = history[-1]["val_top1"] if history else no_finetune_top1
+        top1 = topk_accuracy(predict_logits(pruned, ctx.x_test), ctx.y_test)
         arch = read_json(ctx.output("distill", "student.json"))["arch"]
         outputs = save_model(pruned, arch, stage_dir, "student-pruned")
         if history:

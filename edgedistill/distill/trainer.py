@@ -23,10 +23,17 @@ from torch import nn
 from edgedistill.artifacts import atomic_save, atomic_write_text
 from edgedistill.distill.objective import LossTermSpec, Objective
 
+SCHEDULES = ("onecycle", "cosine", "constant")
+
 
 @dataclass(frozen=True)
 class TrainSettings:
     """Optimisation and loss weights of one training run.
+
+    Schedules (stepped per batch): ``onecycle`` (warm-up to ``lr`` then anneal), ``cosine``
+    (from ``lr`` to 0), ``constant``. ``grad_clip`` clips the global gradient norm.
+    ``early_stopping_patience`` stops after that many epochs without a held-out improvement
+    of more than ``min_delta`` points and restores the best epoch's weights.
 
     The objective is ``ce_weight · CE(z_s, y) + kd_weight · KD(z_s, z_t; T)``, or, when
     ``terms`` is given, the sum of those weighted, scheduled terms
@@ -43,11 +50,23 @@ class TrainSettings:
     temperature: float = 4.0
     seed: int = 0
     terms: tuple[LossTermSpec, ...] = ()
+    schedule: str = "onecycle"
+    grad_clip: float | None = None
+    early_stopping_patience: int | None = None
+    min_delta: float = 0.0
 
     def __post_init__(self) -> None:
         # Accept lists and plain dicts (e.g. settings read back from JSON) as terms.
         terms = tuple(t if isinstance(t, LossTermSpec) else LossTermSpec(**t) for t in self.terms)
         object.__setattr__(self, "terms", terms)
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        if self.grad_clip is not None and self.grad_clip <= 0:
+            raise ValueError(f"grad_clip must be > 0, got {self.grad_clip}")
+        if self.early_stopping_patience is not None and self.early_stopping_patience < 1:
+            raise ValueError(
+                f"early_stopping_patience must be >= 1, got {self.early_stopping_patience}"
+            )
 
     def loss_terms(self) -> tuple[LossTermSpec, ...]:
         """The effective terms (``terms``, else CE + KD from the simple weights)."""
@@ -66,6 +85,8 @@ class TrainResult:
     history: list[dict[str, float]] = field(default_factory=list)
     resumed_from_epoch: int = 0
     seconds: float = 0.0
+    best_epoch: int | None = None
+    stopped_early: bool = False
 
 
 ProgressFn = Callable[[int, int, str], None]
@@ -85,6 +106,7 @@ def train_student(
     log_csv: Path | None = None,
     progress: ProgressFn | None = None,
     stop_after_epoch: int | None = None,
+    tensorboard_dir: Path | None = None,
 ) -> TrainResult:
     """Train ``model`` in place.
 
@@ -102,7 +124,11 @@ def train_student(
         log_csv: Per-epoch metrics as CSV, rewritten atomically each epoch.
         progress: Progress callback.
         stop_after_epoch: Return early after this epoch (used by tests to simulate a crash).
+        tensorboard_dir: Also write per-epoch scalars for TensorBoard here (when the
+            ``tensorboard`` package is installed; silently skipped otherwise).
     """
+    if settings.early_stopping_patience is not None and evaluate is None:
+        raise ValueError("early stopping needs an evaluate function")
     num_classes = teacher_logits.shape[1] if teacher_logits is not None else int(y_train.max()) + 1
     objective = Objective(settings.loss_terms(), num_samples=len(y_train), num_classes=num_classes)
     if objective.needs_teacher and teacher_logits is None:
@@ -123,11 +149,10 @@ def train_student(
         nesterov=settings.momentum > 0,
         weight_decay=settings.weight_decay,
     )
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=settings.lr, total_steps=total, pct_start=0.15
-    )
+    scheduler = _scheduler(optimizer, settings, total)
     result = TrainResult()
     start_epoch = 0
+    best: dict[str, Any] = {"score": None, "epoch": None, "state": None, "bad_epochs": 0}
     if checkpoint_path is not None and checkpoint_path.is_file():
         state = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
         if state.get("fingerprint") == fingerprint and state.get("settings") == asdict(settings):
@@ -137,6 +162,9 @@ def train_student(
             generator.set_state(state["generator"])
             torch.set_rng_state(state["torch_rng"])
             objective.load_state(state.get("objective", {}))
+            best = state.get("best", best)
+            if best.get("stopped"):
+                start_epoch = settings.epochs  # it had already stopped early
             start_epoch = int(state["epoch"])
             result.history = list(state["history"])
             result.resumed_from_epoch = start_epoch
@@ -156,6 +184,8 @@ def train_student(
             loss, parts = objective(logits, y_train[idx], idx, t_logits, epoch, settings.epochs)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if settings.grad_clip is not None:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
             optimizer.step()
             scheduler.step()
             totals["loss"] += loss.item() * len(idx)
@@ -172,6 +202,19 @@ def train_student(
         if evaluate is not None:
             row["val_top1"] = evaluate(model)
         result.history.append(row)
+        _log_tensorboard(tensorboard_dir, row)
+        if settings.early_stopping_patience is not None:
+            score = row["val_top1"]
+            if best["score"] is None or score > best["score"] + settings.min_delta:
+                best = {
+                    "score": score,
+                    "epoch": epoch + 1,
+                    "bad_epochs": 0,
+                    "state": {k: v.detach().clone() for k, v in model.state_dict().items()},
+                }
+            else:
+                best["bad_epochs"] += 1
+            best["stopped"] = best["bad_epochs"] >= settings.early_stopping_patience
         if log_csv is not None:
             _write_history(log_csv, result.history)
         if checkpoint_path is not None:
@@ -186,13 +229,47 @@ def train_student(
                 "torch_rng": torch.get_rng_state(),
                 "history": result.history,
                 "objective": objective.state(),
+                "best": best,
             }
             atomic_save(checkpoint_path, lambda tmp, s=state: torch.save(s, tmp))  # type: ignore[misc]
         if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch:
             break
+        if best.get("stopped"):
+            break
+    if best.get("state") is not None and (
+        best.get("stopped") or len(result.history) == settings.epochs
+    ):
+        model.load_state_dict(best["state"])
+        result.best_epoch = best["epoch"]
+        result.stopped_early = bool(best.get("stopped"))
     model.eval()
     result.seconds = time.perf_counter() - started
     return result
+
+
+def _scheduler(
+    optimizer: torch.optim.Optimizer, settings: TrainSettings, total_steps: int
+) -> torch.optim.lr_scheduler.LRScheduler:
+    if settings.schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=settings.lr, total_steps=total_steps, pct_start=0.15
+        )
+    if settings.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+
+
+def _log_tensorboard(folder: Path | None, row: dict[str, float]) -> None:
+    if folder is None:
+        return
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # tensorboard is optional
+        return
+    with SummaryWriter(str(folder)) as writer:
+        for key, value in row.items():
+            if key != "epoch":
+                writer.add_scalar(key, value, int(row["epoch"]))
 
 
 def _write_history(path: Path, history: list[dict[str, Any]]) -> None:
