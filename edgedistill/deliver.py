@@ -218,13 +218,16 @@ def build_summary(ctx: RunContext) -> dict[str, Any]:
             }
         )
     speedups = {}
-    teacher_torch = latency.get("teacher", {}).get("torch", {}).get("p50")
+    # Baseline: the teacher as a user runs it today — torch eager, or ONNX Runtime for an
+    # ONNX teacher.
+    teacher = latency.get("teacher", {})
+    base_runtime = "torch" if "torch" in teacher else "onnxruntime"
+    base_ms = teacher.get(base_runtime, {}).get("p50")
     for row in rows:
         ort = row["latency_ms"].get("onnxruntime", {}).get("p50")
-        if teacher_torch and ort:
-            speedups[f"{row['name']} (onnxruntime) vs teacher (torch), batch 1 p50"] = round(
-                teacher_torch / ort, 2
-            )
+        if base_ms and ort and not (row["name"] == "teacher" and base_runtime == "onnxruntime"):
+            key = f"{row['name']} (onnxruntime) vs teacher ({base_runtime}), batch 1 p50"
+            speedups[key] = round(base_ms / ort, 2)
     return {
         "recipe": ctx.recipe.name,
         "dataset": ctx.dataset.name,

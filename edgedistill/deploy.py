@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -9,7 +10,7 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from edgedistill.artifacts import atomic_write_json
+from edgedistill.artifacts import atomic_save, atomic_write_json
 from edgedistill.bench.env import environment
 from edgedistill.bench.latency import measure_latency
 from edgedistill.compress.quantize import quantize_onnx_static
@@ -45,9 +46,15 @@ class DeployedModel:
         if self.precision != "fp32":
             return None
         if self.name == "teacher":
-            return ctx.teacher.model
+            # An ONNX teacher has no torch form: its export is the file itself.
+            return None if is_onnx_model(ctx.teacher.model) else ctx.teacher.model
         stage = "distill" if self.name == "student" else "prune"
         return load_model(ctx.stage_dir(stage), self.name)
+
+
+def is_onnx_model(model: nn.Module) -> bool:
+    """Whether ``model`` is an ONNX file behind a module (an ONNX teacher)."""
+    return getattr(model, "onnx_path", None) is not None
 
 
 def torch_models(ctx: RunContext) -> dict[str, nn.Module]:
@@ -112,6 +119,18 @@ def stage_export(ctx: RunContext) -> dict[str, Any]:
         models = torch_models(ctx)
         with progress_bar(ctx.console, "export", len(models) * (2 if use_ov else 1)) as advance:
             for name, model in models.items():
+                if is_onnx_model(model):
+                    path = stage_dir / f"{name}.onnx"
+                    source = Path(model.onnx_path)  # type: ignore[arg-type]
+                    atomic_save(path, lambda tmp, src=source: shutil.copyfile(src, tmp))  # type: ignore[misc]
+                    outputs.append(path.name)
+                    sizes[name] = path.stat().st_size
+                    advance(1, name)
+                    if use_ov:
+                        xml = export_openvino(path, stage_dir / f"{name}.xml")
+                        outputs += [xml.name, xml.with_suffix(".bin").name]
+                        advance(1, f"{name} (OpenVINO)")
+                    continue
                 to_deploy = getattr(model, "to_deploy", None)
                 deploy = to_deploy() if callable(to_deploy) else model
                 path = export_onnx(
@@ -278,7 +297,7 @@ def stage_profile(ctx: RunContext) -> dict[str, Any]:
         runtime: str
         for model in models:
             for runtime in cfg.runtimes:
-                if runtime == "torch" and model.precision != "fp32":
+                if runtime == "torch" and model.torch_model(ctx) is None:
                     continue
                 if runtime == "openvino" and not openvino_available():
                     continue

@@ -47,12 +47,24 @@ def max_abs_diff(a: np.ndarray, b: np.ndarray) -> tuple[float, tuple[int, ...]]:
 
 
 def count_params(model: nn.Module) -> int:
-    """Number of parameters (all, trainable or not)."""
+    """Number of parameters (all, trainable or not); an ONNX-backed model reports its own."""
+    own = getattr(model, "parameter_count", None)
+    if own is not None:
+        return int(own)
     return sum(p.numel() for p in model.parameters())
 
 
 def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:
-    """Multiply-accumulates of one forward pass at batch 1 (torch-pruning's op counter)."""
+    """Multiply-accumulates of one forward pass at batch 1 (torch-pruning's op counter).
+
+    An ONNX-backed model (one with an ``onnx_path``) is counted from its graph instead
+    (conv and matrix-multiply MACs, :func:`edgedistill.teachers.onnx_teacher.onnx_macs`).
+    """
+    onnx_path = getattr(model, "onnx_path", None)
+    if onnx_path is not None:
+        from edgedistill.teachers.onnx_teacher import onnx_macs
+
+        return onnx_macs(onnx_path, input_shape)
     import torch_pruning as tp
 
     was_training = model.training

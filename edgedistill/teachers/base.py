@@ -50,9 +50,11 @@ class TeacherCard:
         weights = (folder / str(raw["weights"])).resolve()
         if not weights.is_relative_to(folder):
             raise UnsafeFileError(f"teacher card {path}: weights path escapes the card's folder")
-        if weights.suffix != ".safetensors":
+        allowed = ".onnx" if str(raw["arch"]) == "onnx" else ".safetensors"
+        if weights.suffix != allowed:
             raise UnsafeFileError(
-                f"teacher card {path}: weights must be .safetensors (pickled files are refused)"
+                f"teacher card {path}: weights of arch '{raw['arch']}' must be {allowed} "
+                "(pickled files are refused)"
             )
         if not weights.is_file():
             raise RecipeError(f"teacher card {path}: weights file {weights} does not exist")
@@ -102,6 +104,13 @@ def load_teacher(card_path: Path) -> tuple[FrozenTeacher, TeacherCard]:
             f"teacher weights {card.weights}: sha256 {digest[:12]}… does not match the card's "
             f"{str(card.sha256)[:12]}…"
         )
+    if card.arch == "onnx":
+        from edgedistill.export.onnx import check_onnx_file
+        from edgedistill.teachers.onnx_teacher import OnnxTeacherModel
+
+        check_onnx_file(card.weights)
+        threads = int(card.config.get("threads", 2))
+        return FrozenTeacher(OnnxTeacherModel(card.weights, threads), card.name, digest), card
     model = build_model(card.arch, card.config)
     state = load_file(str(card.weights))
     try:
