@@ -13,7 +13,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from edgedistill.errors import RecipeError
 
@@ -38,6 +46,12 @@ class DataConfig(_Section):
     name: str = "dataset"
     labels: tuple[str, ...] = Field(min_length=2)
     train_limit: int | None = Field(default=None, gt=0)
+    unlabelled: Path | None = Field(
+        default=None, description="IDX image file of extra images without labels"
+    )
+    use_labels: bool = Field(
+        default=True, description="false: train on teacher soft labels only (label-free)"
+    )
     normalization: Literal["auto"] = "auto"
 
     @field_validator("path")
@@ -46,6 +60,16 @@ class DataConfig(_Section):
         path = _resolve(value, info)
         if not path.is_dir():
             raise ValueError(f"folder {str(path)!r} does not exist")
+        return path
+
+    @field_validator("unlabelled")
+    @classmethod
+    def _file_exists(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        if value is None:
+            return None
+        path = _resolve(value, info)
+        if not path.is_file():
+            raise ValueError(f"file {str(path)!r} does not exist")
         return path
 
 
@@ -196,6 +220,19 @@ class Recipe(_Section):
     export: ExportConfig = ExportConfig()
     profile: ProfileConfig = ProfileConfig()
     gates: GatesConfig = GatesConfig()
+
+    @model_validator(mode="after")
+    def _labels_for_label_terms(self) -> Recipe:
+        unlabelled = self.data.unlabelled is not None or not self.data.use_labels
+        needs_labels = [
+            t.name for t in self.distill.terms if t.name in ("dkd", "pskd") and t.weight
+        ]
+        if unlabelled and needs_labels:
+            raise ValueError(
+                f"distill.terms {needs_labels} need a label for every training image; with "
+                "data.unlabelled or data.use_labels: false use ce and kd"
+            )
+        return self
 
     @classmethod
     def from_dict(cls, raw: Any, *, base_dir: Path | None = None, source: str = "recipe") -> Recipe:

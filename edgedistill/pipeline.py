@@ -32,7 +32,7 @@ import edgedistill
 from edgedistill.artifacts import atomic_write_json, read_json, sha256_file, sha256_json
 from edgedistill.bench.env import environment
 from edgedistill.config import Recipe
-from edgedistill.data import ImageDataset, Normalization, load_idx_dataset
+from edgedistill.data import ImageDataset, Normalization, load_idx_dataset, read_idx
 from edgedistill.errors import StageError
 from edgedistill.teachers import FrozenTeacher, TeacherCard, load_teacher
 
@@ -75,8 +75,15 @@ class RunContext:
     def dataset(self) -> ImageDataset:
         """The recipe's dataset, with the training split limited by ``data.train_limit``."""
         cfg = self.recipe.data
-        full = load_idx_dataset(cfg.path, cfg.labels, cfg.name)
-        return full.subset_train(cfg.train_limit, self.recipe.seed)
+        data = load_idx_dataset(cfg.path, cfg.labels, cfg.name)
+        data = data.subset_train(cfg.train_limit, self.recipe.seed)
+        if cfg.unlabelled is not None or not cfg.use_labels:
+            extra = read_idx(cfg.unlabelled)[:, None] if cfg.unlabelled is not None else None
+            empty = np.zeros((0, *data.x_train.shape[1:]), np.uint8)
+            data = data.with_unlabelled(
+                extra if extra is not None else empty, use_labels=cfg.use_labels
+            )
+        return data
 
     @cached_property
     def data_sha256(self) -> str:

@@ -98,10 +98,17 @@ def _train(
     if settings.early_stopping_patience is not None:
         # Early stopping picks an epoch, so it must look at data held out of training, not
         # at the test split the report's accuracy comes from.
-        n = len(y_train)
-        order = np.random.default_rng(ctx.recipe.seed + 2).permutation(n)
-        n_val = max(1, round(ctx.recipe.distill.validation_fraction * n))
-        val_idx, train_idx = np.sort(order[:n_val]), np.sort(order[n_val:])
+        # Only labelled images can judge accuracy (-1 marks unlabelled ones).
+        labelled = np.flatnonzero(ctx.dataset.y_train >= 0)
+        if len(labelled) < 2:
+            raise RecipeError(
+                "distill.early_stopping_patience needs labelled training images to hold out "
+                "(data.use_labels is false)"
+            )
+        order = labelled[np.random.default_rng(ctx.recipe.seed + 2).permutation(len(labelled))]
+        n_val = max(1, round(ctx.recipe.distill.validation_fraction * len(labelled)))
+        val_idx = np.sort(order[:n_val])
+        train_idx = np.setdiff1d(np.arange(len(y_train)), val_idx)
         x_val, y_val = x_train[val_idx], ctx.dataset.y_train[val_idx]
         x_train, y_train = x_train[train_idx], y_train[train_idx]
         if teacher_logits is not None:

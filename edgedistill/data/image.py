@@ -25,6 +25,9 @@ IDX_FILES = {
     "test_labels": "t10k-labels-idx1-ubyte",
 }
 
+UNLABELLED = -1
+"""Label of a training image that has none (teacher soft labels only)."""
+
 FASHION_MNIST_LABELS = (
     "t-shirt/top", "trouser", "pullover", "dress", "coat",
     "sandal", "shirt", "sneaker", "bag", "ankle boot",
@@ -98,6 +101,28 @@ class ImageDataset:
             digest.update(np.ascontiguousarray(array).tobytes())
         digest.update("\n".join(self.labels).encode())
         return digest.hexdigest()
+
+    def with_unlabelled(self, images: np.ndarray, *, use_labels: bool = True) -> ImageDataset:
+        """Append unlabelled [M, C, H, W] uint8 images to the training split (label -1).
+
+        With ``use_labels=False`` every training label becomes -1: distillation then learns
+        from the teacher's soft labels alone (label-free distillation, as in SimCLRv2's
+        third step and SSLD). Held-out labels are kept for evaluation.
+        """
+        if images.ndim != 4 or images.shape[1:] != self.x_train.shape[1:]:
+            raise DataError(
+                f"unlabelled images {tuple(images.shape)} do not match the training images "
+                f"[N, {', '.join(str(d) for d in self.x_train.shape[1:])}]"
+            )
+        labels = self.y_train if use_labels else np.full_like(self.y_train, UNLABELLED)
+        return ImageDataset(
+            self.name,
+            np.concatenate([self.x_train, images.astype(np.uint8)]),
+            np.concatenate([labels, np.full(len(images), UNLABELLED, dtype=np.int64)]),
+            self.x_test,
+            self.y_test,
+            self.labels,
+        )
 
     def subset_train(self, limit: int | None, seed: int) -> ImageDataset:
         """The first ``limit`` training images after a seeded shuffle (all when ``None``)."""

@@ -125,7 +125,11 @@ class Objective:
         for term in self.terms:
             weight = term.weight_at(epoch)
             if term.name == "ce":
-                value = F.cross_entropy(logits, targets)
+                labelled = targets >= 0  # -1 marks an image without a label
+                if not bool(labelled.any()):
+                    parts[term.name] = 0.0
+                    continue
+                value = F.cross_entropy(logits[labelled], targets[labelled])
             elif term.name in TEACHER_TERMS:
                 if term.weight == 0:
                     parts[term.name] = 0.0
