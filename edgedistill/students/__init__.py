@@ -1,5 +1,6 @@
 """Student families. Importing this package registers every family."""
 
+from edgedistill.students import audio as audio
 from edgedistill.students import imu as imu
 from edgedistill.students import vision as vision
 from edgedistill.students.base import STUDENTS, Student, build_model
