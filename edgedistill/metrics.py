@@ -54,7 +54,9 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:
+def count_macs(
+    model: nn.Module, input_shape: tuple[int, ...], dtype: torch.dtype = torch.float32
+) -> int:
     """Multiply-accumulates of one forward pass at batch 1 (torch-pruning's op counter).
 
     An ONNX-backed model (one with an ``onnx_path``) is counted from its graph instead
@@ -70,7 +72,8 @@ def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:
     was_training = model.training
     model.eval()
     try:
-        macs, _ = tp.utils.count_ops_and_params(model, torch.zeros(1, *input_shape))
+        example = torch.ones(1, *input_shape, dtype=dtype)  # ones: a valid token id too
+        macs, _ = tp.utils.count_ops_and_params(model, example)
     finally:
         model.train(was_training)
     return int(macs)

@@ -103,6 +103,7 @@ def prune_channels(
     lookahead: int = 3,
     beam: int = 4,
     distortion: Callable[[nn.Module], float] | None = None,
+    input_dtype: torch.dtype = torch.float32,
 ) -> PruneResult:
     """Prune output channels until MACs fall to ``target_macs_ratio`` of the original.
 
@@ -120,6 +121,7 @@ def prune_channels(
             divergence between the unpruned and the candidate model's outputs on a few
             training batches. Without it, candidates are scored by the summed fraction of
             filter-group magnitude they removed.
+        input_dtype: dtype of the example input (torch.int64 for token-id models).
 
     Raises:
         ValueError: for a target outside (0, 1) or an unknown importance.
@@ -132,8 +134,8 @@ def prune_channels(
     if round_to < 1:
         raise ValueError(f"round_to must be >= 1, got {round_to}")
     p_norm = 2 if importance == "l2" else 1
-    example = torch.zeros(1, *input_shape)
-    macs_before, params_before = count_macs(model, input_shape), count_params(model)
+    example = torch.ones(1, *input_shape, dtype=input_dtype)
+    macs_before, params_before = count_macs(model, input_shape, input_dtype), count_params(model)
     current = copy.deepcopy(model).eval()
     keep_names = {n for n, m in model.named_modules() if any(m is k for k in ignored_layers or [])}
 
@@ -145,7 +147,7 @@ def prune_channels(
         if channels % round_to and channels > round_to:
             _prune_group(current, example, name, channels % round_to, p_norm)
     target = target_macs_ratio * macs_before
-    node = _Node(current, count_macs(current, input_shape), 0.0, 0)
+    node = _Node(current, count_macs(current, input_shape, input_dtype), 0.0, 0)
     while node.macs > target:
         # Look a few removals ahead: of the models that reach the target, keep the one that
         # loses least (distortion or importance). If none does, take the greedy step with the
@@ -219,7 +221,7 @@ def _children(
             continue
         trial = copy.deepcopy(parent.model)
         lost = _prune_group(trial, example, name, round_to, p_norm)
-        macs = count_macs(trial, input_shape)
+        macs = count_macs(trial, input_shape, example.dtype)
         if macs < parent.macs:
             score = distortion(trial) if distortion is not None else parent.lost + lost
             children.append(_Node(trial, macs, score, parent.steps + 1))

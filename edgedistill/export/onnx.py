@@ -27,15 +27,18 @@ def export_onnx(
     *,
     opset: int = 18,
     dynamic_batch: bool = True,
+    input_dtype: torch.dtype = torch.float32,
 ) -> Path:
     """Export ``model`` (put in eval mode) to ``path`` atomically.
 
     Uses the dynamo exporter (``torch.onnx.export(dynamo=True)``); TOOLCHAIN.md: it raises any
     opset below 18 to 18, so 18 is the default. The input is named ``input`` with shape
-    [batch, *input_shape] (batch symbolic when ``dynamic_batch``), the output ``logits``.
+    [batch, *input_shape] (batch symbolic when ``dynamic_batch``) of ``input_dtype`` (int64 for
+    token ids), the output ``logits``.
     """
     model = model.eval()
-    example = torch.zeros(2 if dynamic_batch else 1, *input_shape)
+    # ones, not zeros: also a valid (non-padding) id for models that take int64 token ids
+    example = torch.ones(2 if dynamic_batch else 1, *input_shape, dtype=input_dtype)
     dynamic_shapes = {"x": {0: torch.export.Dim("batch")}} if dynamic_batch else None
 
     def write(tmp: Path) -> None:
