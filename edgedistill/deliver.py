@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from edgedistill.artifacts import atomic_save, atomic_write_json, atomic_write_text, sha256_file
+from edgedistill.artifacts import (
+    atomic_copy,
+    atomic_save,
+    atomic_write_json,
+    atomic_write_text,
+    sha256_file,
+)
 from edgedistill.deploy import DeployedModel, deployed_models
 from edgedistill.metrics import count_macs, count_params
 from edgedistill.pipeline import RunContext, StageOutcome
@@ -54,15 +59,6 @@ for i, k in enumerate(logits.argmax(axis=1)):
 '''
 
 
-def _copy(src: Path, dest: Path) -> None:
-    """Copy a file atomically."""
-
-    def write(tmp: Path) -> None:
-        shutil.copyfile(src, tmp)
-
-    atomic_save(dest, write)
-
-
 def _final_fp32(ctx: RunContext) -> str:
     return "student-pruned" if ctx.recipe.prune.enabled else "student"
 
@@ -80,7 +76,7 @@ def stage_bundle(ctx: RunContext) -> dict[str, Any]:
         if f"{fp32_name}-int8" in models:
             files["model-int8.onnx"] = models[f"{fp32_name}-int8"]
         for target, model in files.items():
-            _copy(model.onnx, bundle / target)
+            atomic_copy(model.onnx, bundle / target)
         verify = ctx.manifests["verify"]["metrics"]
         latency = _latency_b1(ctx)
         recommended = "model.onnx"
@@ -268,7 +264,7 @@ def stage_report(ctx: RunContext) -> dict[str, Any]:
     manifest = ctx.run_stage("report", inputs, body)
     # The root summary.json is a copy users gate CI on; refreshed even when the stage skipped.
     root = ctx.out / "summary.json"
-    _copy(ctx.stage_dir("report") / "summary.json", root)
+    atomic_copy(ctx.stage_dir("report") / "summary.json", root)
     return manifest
 
 

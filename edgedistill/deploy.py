@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -10,7 +9,7 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from edgedistill.artifacts import atomic_save, atomic_write_json
+from edgedistill.artifacts import atomic_copy, atomic_write_json
 from edgedistill.bench.env import environment
 from edgedistill.bench.latency import measure_latency
 from edgedistill.compress.quantize import quantize_onnx_static
@@ -119,27 +118,19 @@ def stage_export(ctx: RunContext) -> dict[str, Any]:
         models = torch_models(ctx)
         with progress_bar(ctx.console, "export", len(models) * (2 if use_ov else 1)) as advance:
             for name, model in models.items():
-                if is_onnx_model(model):
-                    path = stage_dir / f"{name}.onnx"
-                    source = Path(model.onnx_path)  # type: ignore[arg-type]
-                    atomic_save(path, lambda tmp, src=source: shutil.copyfile(src, tmp))  # type: ignore[misc]
-                    outputs.append(path.name)
-                    sizes[name] = path.stat().st_size
-                    advance(1, name)
-                    if use_ov:
-                        xml = export_openvino(path, stage_dir / f"{name}.xml")
-                        outputs += [xml.name, xml.with_suffix(".bin").name]
-                        advance(1, f"{name} (OpenVINO)")
-                    continue
-                to_deploy = getattr(model, "to_deploy", None)
-                deploy = to_deploy() if callable(to_deploy) else model
-                path = export_onnx(
-                    deploy,
-                    ctx.dataset.input_shape,
-                    stage_dir / f"{name}.onnx",
-                    opset=cfg.opset,
-                    dynamic_batch=cfg.dynamic_batch,
-                )
+                path = stage_dir / f"{name}.onnx"
+                if is_onnx_model(model):  # an ONNX teacher: its export is the file itself
+                    atomic_copy(Path(model.onnx_path), path)  # type: ignore[arg-type]
+                else:
+                    to_deploy = getattr(model, "to_deploy", None)
+                    deploy = to_deploy() if callable(to_deploy) else model
+                    export_onnx(
+                        deploy,
+                        ctx.dataset.input_shape,
+                        path,
+                        opset=cfg.opset,
+                        dynamic_batch=cfg.dynamic_batch,
+                    )
                 outputs.append(path.name)
                 sizes[name] = path.stat().st_size
                 advance(1, name)
@@ -152,13 +143,6 @@ def stage_export(ctx: RunContext) -> dict[str, Any]:
         )
 
     return ctx.run_stage("export", inputs, body)
-
-
-def calibration_set(ctx: RunContext) -> np.ndarray:
-    """A seeded random sample of normalised training images for INT8 calibration."""
-    from edgedistill.stages import calibration_inputs
-
-    return calibration_inputs(ctx, ctx.recipe.quantize.calibration_samples).numpy()
 
 
 def stage_quantize(ctx: RunContext) -> dict[str, Any]:
@@ -174,7 +158,9 @@ def stage_quantize(ctx: RunContext) -> dict[str, Any]:
         if not cfg.enabled:
             return StageOutcome([], {"enabled": False, "models": []})
         sources = [m for m in ctx.manifests["export"]["metrics"]["models"] if m != "teacher"]
-        calibration = calibration_set(ctx)
+        from edgedistill.stages import calibration_inputs
+
+        calibration = calibration_inputs(ctx, cfg.calibration_samples).numpy()
         outputs = []
         with progress_bar(ctx.console, "quantize", len(sources)) as advance:
             for source in sources:

@@ -23,9 +23,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from edgedistill.students.base import STUDENTS
+from edgedistill.students.base import STUDENTS, PooledClassifier, fold_batch_norm_
 from edgedistill.students.imu import make_divisible
 
 TINY_CONFIGS: dict[str, dict[str, object]] = {
@@ -172,10 +171,7 @@ class ConvBN2d(nn.Module):
 
     def fuse_(self) -> None:
         """Fold the (eval-mode) batch norm into the convolution, in place; idempotent."""
-        if not isinstance(self.bn, nn.BatchNorm2d):
-            return
-        self.conv = fuse_conv_bn_eval(self.conv, self.bn)
-        self.bn = nn.Identity()
+        fold_batch_norm_(self)
 
 
 class DSBlock(nn.Module):
@@ -195,7 +191,7 @@ class DSBlock(nn.Module):
         return self.act2(self.pw(self.act1(self.dw(x))))
 
 
-class AudioDSCNN(nn.Module):
+class AudioDSCNN(PooledClassifier):
     """DS-CNN keyword spotter (Zhang et al., "Hello Edge", arXiv:1711.07128) over log-mel.
 
     A regular conv-BN-ReLU stem, depthwise-separable blocks, global average pooling and a
@@ -282,30 +278,13 @@ class AudioDSCNN(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(scaled[-1], num_classes)
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Input -> pooled features [B, widths[-1]]."""
+    def enter(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Front end and stem; the stem's output is the first reported feature map."""
         x = self.stem(self.frontend(x))
-        for block in self.blocks:
-            x = block(x)
-        return torch.flatten(self.pool(x), 1)
+        return x, [x]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.dropout(self.forward_features(x)))
-
-    def forward_intermediates(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """Logits [B, K] and the stem's and every block's output, [B, widths[i], M_i, N_i]."""
-        x = self.stem(self.frontend(x))
-        feats = [x]
-        for block in self.blocks:
-            x = block(x)
-            feats.append(x)
-        logits = self.classifier(self.dropout(torch.flatten(self.pool(x), 1)))
-        return logits, feats
-
-    def reset_classifier(self, num_classes: int) -> None:
-        """Replace the classifier with a fresh one of ``num_classes`` outputs."""
-        self.classifier = nn.Linear(self.classifier.in_features, num_classes)
-        self.config["num_classes"] = num_classes
+    def stage_modules(self) -> list[nn.Module]:
+        return list(self.blocks)
 
     def current_config(self) -> dict[str, object]:
         """The constructor arguments that rebuild this model, read from the live modules.

@@ -17,9 +17,8 @@ from collections.abc import Sequence
 
 import torch
 from torch import nn
-from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from edgedistill.students.base import STUDENTS
+from edgedistill.students.base import STUDENTS, PooledClassifier, fold_batch_norm_
 
 TINY_CONFIGS: dict[str, dict[str, object]] = {
     "imu_cnn": {"widths": [16, 32, 32], "kernel_size": 5},
@@ -71,10 +70,7 @@ class ConvBN1d(nn.Module):
 
     def fuse_(self) -> None:
         """Fold the (eval-mode) batch norm into the convolution, in place; idempotent."""
-        if not isinstance(self.bn, nn.BatchNorm1d):
-            return
-        self.conv = fuse_conv_bn_eval(self.conv, self.bn)
-        self.bn = nn.Identity()
+        fold_batch_norm_(self)
 
 
 def _fuse_all(model: nn.Module) -> nn.Module:
@@ -86,7 +82,7 @@ def _fuse_all(model: nn.Module) -> nn.Module:
     return model
 
 
-class ImuCNN(nn.Module):
+class ImuCNN(PooledClassifier):
     """1-D conv-BN-ReLU stages, global average pooling and a linear classifier.
 
     Args:
@@ -144,28 +140,8 @@ class ImuCNN(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(cin, num_classes)
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """[B, C, T] -> pooled features [B, widths[-1]]."""
-        for stage in self.stages:
-            x = stage(x)
-        return torch.flatten(self.pool(x), 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.dropout(self.forward_features(x)))
-
-    def forward_intermediates(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """Logits [B, K] and the output of every stage, [B, widths[i], T_i]."""
-        feats = []
-        for stage in self.stages:
-            x = stage(x)
-            feats.append(x)
-        logits = self.classifier(self.dropout(torch.flatten(self.pool(x), 1)))
-        return logits, feats
-
-    def reset_classifier(self, num_classes: int) -> None:
-        """Replace the classifier with a fresh one of ``num_classes`` outputs."""
-        self.classifier = nn.Linear(self.classifier.in_features, num_classes)
-        self.config["num_classes"] = num_classes
+    def stage_modules(self) -> list[nn.Module]:
+        return list(self.stages)
 
     def current_config(self) -> dict[str, object]:
         """The constructor arguments that rebuild this model, read from the live modules."""
@@ -212,7 +188,7 @@ class TemporalBlock(nn.Module):
         return self.act(self.conv2(self.act1(self.conv1(x))) + self.shortcut(x))
 
 
-class ImuTCN(nn.Module):
+class ImuTCN(PooledClassifier):
     """Residual temporal conv blocks, global average pooling and a linear classifier.
 
     Args:
@@ -287,28 +263,8 @@ class ImuTCN(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(outs[-1], num_classes)
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """[B, C, T] -> pooled features [B, widths[-1]]."""
-        for block in self.blocks:
-            x = block(x)
-        return torch.flatten(self.pool(x), 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.dropout(self.forward_features(x)))
-
-    def forward_intermediates(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """Logits [B, K] and the output of every block, [B, widths[i], T]."""
-        feats = []
-        for block in self.blocks:
-            x = block(x)
-            feats.append(x)
-        logits = self.classifier(self.dropout(torch.flatten(self.pool(x), 1)))
-        return logits, feats
-
-    def reset_classifier(self, num_classes: int) -> None:
-        """Replace the classifier with a fresh one of ``num_classes`` outputs."""
-        self.classifier = nn.Linear(self.classifier.in_features, num_classes)
-        self.config["num_classes"] = num_classes
+    def stage_modules(self) -> list[nn.Module]:
+        return list(self.blocks)
 
     def current_config(self) -> dict[str, object]:
         """The constructor arguments that rebuild this model, read from the live modules.

@@ -18,9 +18,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from edgedistill.students.base import STUDENTS
+from edgedistill.students.base import STUDENTS, fold_batch_norm_
 
 VOCAB_SIZE = 257
 PAD_ID = 0
@@ -103,9 +102,7 @@ class ConvBNReLU1d(nn.Module):
 
     def fuse_(self) -> None:
         """Fold the (eval-mode) batch norm into the convolution, in place; idempotent."""
-        if isinstance(self.bn, nn.BatchNorm1d):
-            self.conv = fuse_conv_bn_eval(self.conv, self.bn)
-            self.bn = nn.Identity()
+        fold_batch_norm_(self)
 
 
 class _TextStudent(nn.Module):

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from edgedistill.students.base import STUDENTS
+from edgedistill.students.base import STUDENTS, PooledClassifier
 
 
 class ConvBNReLU(nn.Sequential):
@@ -46,7 +46,7 @@ class Stage(nn.Module):
         return x
 
 
-class ConvNet(nn.Module):
+class ConvNet(PooledClassifier):
     """Conv-BN-ReLU stages, global average pooling and a linear classifier.
 
     Args:
@@ -93,28 +93,8 @@ class ConvNet(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(cin, num_classes)
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """[B, C, H, W] -> pooled features [B, widths[-1]]."""
-        for stage in self.stages:
-            x = stage(x)
-        return torch.flatten(self.pool(x), 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.dropout(self.forward_features(x)))
-
-    def forward_intermediates(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """Logits [B, K] and the output of every stage, [B, widths[i], H_i, W_i]."""
-        feats = []
-        for stage in self.stages:
-            x = stage(x)
-            feats.append(x)
-        logits = self.classifier(self.dropout(torch.flatten(self.pool(x), 1)))
-        return logits, feats
-
-    def reset_classifier(self, num_classes: int) -> None:
-        """Replace the classifier with a fresh one of ``num_classes`` outputs."""
-        self.classifier = nn.Linear(self.classifier.in_features, num_classes)
-        self.config["num_classes"] = num_classes
+    def stage_modules(self) -> list[nn.Module]:
+        return list(self.stages)
 
     def current_config(self) -> dict[str, object]:
         """The constructor arguments that rebuild this model, read from the live modules.
