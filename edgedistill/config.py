@@ -99,11 +99,15 @@ class LossTerm(_Section):
     """One weighted term of the distillation objective, with optional schedules.
 
     ``ce`` cross-entropy; ``kd`` Hinton KD; ``dkd`` decoupled KD (``alpha``, ``beta``);
-    ``pskd`` progressive self-KD (``alpha_T``, no teacher). ``warmup_epochs`` ramps the weight
-    up linearly; ``final_temperature`` decays the temperature linearly over training.
+    ``pskd`` progressive self-KD (``alpha_T``, no teacher); ``fitnets`` hint loss from the
+    student stage ``student_stage`` to the teacher layer ``teacher_tap`` (cached, pooled to
+    ``hint_size``); ``layered`` layered self-distillation over the auxiliary exits of a
+    multi-exit student (``transforms``, ``exit_kd_weight``, ``feature_weight``; no teacher).
+    ``warmup_epochs`` ramps the weight up linearly; ``final_temperature`` decays the
+    temperature linearly over training.
     """
 
-    name: Literal["ce", "kd", "dkd", "pskd"]
+    name: Literal["ce", "kd", "dkd", "pskd", "fitnets", "layered"]
     weight: float = Field(ge=0)
     temperature: float = Field(default=4.0, gt=0)
     final_temperature: float | None = Field(default=None, gt=0)
@@ -111,6 +115,22 @@ class LossTerm(_Section):
     alpha: float = Field(default=1.0, ge=0, description="dkd: TCKD weight")
     beta: float = Field(default=8.0, ge=0, description="dkd: NCKD weight")
     alpha_T: float = Field(default=0.8, ge=0, le=1, description="pskd: final mixing weight")
+    student_stage: int = Field(default=-2, description="fitnets: guided student stage index")
+    teacher_tap: str = Field(default="", description="fitnets: teacher layer of the hint")
+    hint_size: int | None = Field(
+        default=None, ge=1, description="fitnets: pool the cached teacher map to this size"
+    )
+    transforms: Literal["none", "rotate4", "imu"] = Field(
+        default="none", description="layered: self-supervised input transformations"
+    )
+    exit_kd_weight: float = Field(default=1.0, ge=0, description="layered: exit KD weight")
+    feature_weight: float = Field(default=0.0, ge=0, description="layered: feature hint weight")
+
+    @model_validator(mode="after")
+    def _fitnets_needs_a_tap(self) -> LossTerm:
+        if self.name == "fitnets" and not self.teacher_tap:
+            raise ValueError("a fitnets term needs teacher_tap (a layer name of the teacher)")
+        return self
 
 
 class DistillConfig(_Section):

@@ -17,6 +17,7 @@ stages resume from their per-epoch checkpoint.
 
 from __future__ import annotations
 
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -33,11 +34,13 @@ from edgedistill.artifacts import atomic_write_json, read_json, sha256_file, sha
 from edgedistill.bench.env import environment
 from edgedistill.config import Recipe
 from edgedistill.data import ImageDataset, Normalization, load_idx_dataset, read_idx
+from edgedistill.distill.ddp import DataParallelContext
 from edgedistill.errors import StageError
 from edgedistill.teachers import FrozenTeacher, TeacherCard, load_teacher
 
 STAGES = ("distill", "prune", "export", "quantize", "verify", "profile", "bundle", "report")
 MANIFEST = "manifest.json"
+TRAINING_STAGES = frozenset({"distill", "prune"})  # every DDP process joins these
 
 
 @dataclass
@@ -152,28 +155,66 @@ class RunContext:
         inputs: dict[str, Any],
         body: Callable[[Path, str], StageOutcome],
     ) -> dict[str, Any]:
-        """Run ``body(stage_dir, fingerprint)`` unless an identical finished run exists."""
+        """Run ``body(stage_dir, fingerprint)`` unless an identical finished run exists.
+
+        Under ``torchrun`` (DDP), rank 0 decides and writes everything. The other processes
+        join the training stages (distill, prune) with a scratch folder for their copies of the
+        outputs, skip the rest, and receive rank 0's manifest.
+        """
         stage_dir = self.stage_dir(name)
         fingerprint = sha256_json(
             {"stage": name, "inputs": inputs, "edgedistill": edgedistill.__version__}
         )
+        ddp = DataParallelContext.current()
+        unchanged = ddp.broadcast(self._unchanged(stage_dir, fingerprint) if ddp.is_main else None)
+        if unchanged is not None:
+            self.manifests[name] = unchanged
+            self.skipped.append(name)
+            self.console.print(f"[dim]• {name:<9} unchanged, skipped[/]")
+            return unchanged
+        if not ddp.is_main:
+            if name in TRAINING_STAGES:
+                scratch = stage_dir / f".rank{ddp.rank}"
+                scratch.mkdir(parents=True, exist_ok=True)
+                try:
+                    body(scratch, fingerprint)
+                finally:
+                    shutil.rmtree(scratch, ignore_errors=True)
+            received: dict[str, Any] | None = ddp.broadcast(None)
+            manifest = received or {}
+            self.manifests[name] = manifest
+            self.executed.append(name)
+            return manifest
+        executed = self._execute(name, inputs, body, stage_dir, fingerprint)
+        ddp.broadcast(executed)
+        return executed
+
+    def _unchanged(self, stage_dir: Path, fingerprint: str) -> dict[str, Any] | None:
+        """The manifest of an identical finished run whose outputs are intact, else None."""
         manifest_path = stage_dir / MANIFEST
-        if not self.force and manifest_path.is_file():
-            manifest = read_json(manifest_path)
-            if manifest.get("fingerprint") == fingerprint and self._outputs_intact(
-                stage_dir, manifest
-            ):
-                self.manifests[name] = manifest
-                self.skipped.append(name)
-                self.console.print(f"[dim]• {name:<9} unchanged, skipped[/]")
-                return manifest
+        if self.force or not manifest_path.is_file():
+            return None
+        manifest = read_json(manifest_path)
+        if manifest.get("fingerprint") == fingerprint and self._outputs_intact(stage_dir, manifest):
+            return manifest
+        return None
+
+    def _execute(
+        self,
+        name: str,
+        inputs: dict[str, Any],
+        body: Callable[[Path, str], StageOutcome],
+        stage_dir: Path,
+        fingerprint: str,
+    ) -> dict[str, Any]:
+        manifest_path = stage_dir / MANIFEST
         stage_dir.mkdir(parents=True, exist_ok=True)
         if manifest_path.exists():
             manifest_path.unlink()  # an outdated manifest must not vouch for new outputs
         started = time.perf_counter()
         outcome = body(stage_dir, fingerprint)
         seconds = time.perf_counter() - started
-        manifest = {
+        manifest: dict[str, Any] = {
             "stage": name,
             "fingerprint": fingerprint,
             "recipe": self.recipe.name,

@@ -65,6 +65,54 @@ def teacher_logits_for(ctx: RunContext, images: Any, split: str) -> tuple[Any, b
         )
 
 
+def teacher_features_for(
+    ctx: RunContext, images: Any, tap: str, hint_size: int | None
+) -> np.ndarray:
+    """Cached teacher features of layer ``tap`` over ``images`` (FitNets hints).
+
+    Maps are average-pooled to ``hint_size`` (per spatial/temporal axis) before caching, which
+    keeps the memory-mapped cache small (e.g. 10k × 64 × 7 × 7 float32 = 125 MB).
+    """
+    import hashlib
+
+    from edgedistill.teachers.image import tap_features
+
+    if tap not in dict(ctx.teacher.model.named_modules()):
+        layers = [name for name, _ in ctx.teacher.model.named_children()]
+        raise RecipeError(
+            f"distill.terms: fitnets teacher_tap '{tap}' is not a layer of teacher "
+            f"{ctx.teacher.name} (top-level layers: {', '.join(layers)}; "
+            "use dotted names such as stages.1)"
+        )
+
+    def features(x: torch.Tensor) -> torch.Tensor:
+        feat = tap_features(ctx.teacher.model, x, [tap])[tap]
+        if hint_size is not None and feat.dim() == 4:
+            feat = F.adaptive_avg_pool2d(feat, hint_size)
+        elif hint_size is not None and feat.dim() == 3:
+            feat = F.adaptive_avg_pool1d(feat, hint_size)
+        return feat
+
+    key = teacher_cache_key(
+        teacher_sha256=ctx.teacher.weights_sha256,
+        data_sha256=hashlib.sha256(images.tobytes()).hexdigest(),
+        transform={"normalization": ctx.teacher_normalization.as_dict(), "pool": hint_size},
+        taps=[tap],
+    )
+    with progress_bar(ctx.console, "teacher", len(images)) as advance:
+        cached, _ = cached_teacher_logits(
+            features,
+            images,
+            ctx.teacher_normalization.apply,
+            key=key,
+            cache_dir=ctx.out / "cache",
+            batch_size=ctx.recipe.distill.teacher_batch_size,
+            on_batch=lambda n: advance(n, f"{tap} features"),
+            prefix="teacher-features",
+        )
+    return cached
+
+
 def _settings(ctx: RunContext, epochs: int, lr: float) -> TrainSettings:
     cfg = ctx.recipe.distill
     return TrainSettings(
@@ -94,6 +142,11 @@ def _train(
     teacher_logits = None
     if any(t.name in TEACHER_TERMS and t.weight > 0 for t in settings.loss_terms()):
         teacher_logits, _ = teacher_logits_for(ctx, ctx.dataset.x_train, "train")
+    teacher_features = {
+        t.teacher_tap: teacher_features_for(ctx, ctx.dataset.x_train, t.teacher_tap, t.hint_size)
+        for t in settings.loss_terms()
+        if t.name == "fitnets" and t.weight > 0
+    }
     x_val, y_val = ctx.x_test, ctx.y_test  # logged only, never used to pick weights
     if settings.early_stopping_patience is not None:
         # Early stopping picks an epoch, so it must look at data held out of training, not
@@ -113,6 +166,7 @@ def _train(
         x_train, y_train = x_train[train_idx], y_train[train_idx]
         if teacher_logits is not None:
             teacher_logits = np.asarray(teacher_logits)[train_idx]
+        teacher_features = {k: np.asarray(v)[train_idx] for k, v in teacher_features.items()}
     steps = settings.epochs * -(-len(y_train) // settings.batch_size)
 
     def evaluate(m: nn.Module) -> float:
@@ -131,6 +185,7 @@ def _train(
             y_train,
             settings,
             teacher_logits=teacher_logits,
+            teacher_features=teacher_features,
             evaluate=evaluate,
             checkpoint_path=stage_dir / "checkpoint.pt",
             fingerprint=fingerprint,

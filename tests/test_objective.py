@@ -44,7 +44,11 @@ def test_weight_warmup_and_temperature_decay_by_hand() -> None:
 
 def test_bad_terms_are_refused() -> None:
     with pytest.raises(ValueError, match="unknown loss term"):
+        LossTermSpec("mse", 1.0)
+    with pytest.raises(ValueError, match="teacher_tap"):
         LossTermSpec("fitnets", 1.0)
+    with pytest.raises(ValueError, match="transforms"):
+        LossTermSpec("layered", 1.0, transforms="flip")
     with pytest.raises(ValueError):
         LossTermSpec("kd", -1.0)
     with pytest.raises(ValueError, match="unique"):

@@ -50,8 +50,13 @@ def _execute(
     target: Path | None = None,
 ) -> None:
     from edgedistill.config import load_recipe
+    from edgedistill.distill.ddp import init_from_environment
     from edgedistill.pipeline import run_pipeline
 
+    # Under torchrun (WORLD_SIZE > 1) join the process group; only rank 0 prints.
+    ddp = init_from_environment()
+    if not ddp.is_main:
+        console.quiet = True
     try:
         recipe = load_recipe(recipe_path, target=target)
         out_dir = out or Path("runs") / recipe.name
@@ -67,7 +72,7 @@ def _execute(
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/]: run the same command again to resume")
         raise typer.Exit(130) from None
-    if until == "report":
+    if until == "report" and ddp.is_main:
         _print_summary(ctx.out)
 
 

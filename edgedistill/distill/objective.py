@@ -1,6 +1,9 @@
-"""A training objective: weighted loss terms on logits, with per-epoch schedules.
+"""A training objective: weighted loss terms, with per-epoch schedules.
 
-A recipe combines terms by name with weights (``ce``, ``kd``, ``dkd``, ``pskd``). Each term may
+A recipe combines terms by name with weights: on logits ``ce``, ``kd``, ``dkd``, ``pskd``; on
+features ``fitnets`` (a student stage regressed onto a cached teacher feature through a
+trainable adapter); ``layered`` (layered self-distillation over a multi-exit student's exits,
+no teacher). Each term may
 ramp its weight up linearly over its first ``warmup_epochs`` epochs (e.g. a KD weight ramp, or
 DKD's warm-up) and decay its temperature linearly from ``temperature`` to
 ``final_temperature`` over training. The losses themselves live one per file in this package
@@ -9,18 +12,23 @@ and take tensors only; this module just schedules and sums them.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from edgedistill.distill.dkd import dkd_loss
+from edgedistill.distill.fitnets import HintAdapter, hint_loss
 from edgedistill.distill.kd import kd_loss
 from edgedistill.distill.pskd import PredictionMemory, pskd_alpha, pskd_loss
 
-TERM_NAMES = ("ce", "kd", "dkd", "pskd")
+TERM_NAMES = ("ce", "kd", "dkd", "pskd", "fitnets", "layered")
 TEACHER_TERMS = frozenset({"kd", "dkd"})
+MODEL_TERMS = frozenset({"fitnets", "layered"})  # need more than the logits of one forward
+LAYERED_TRANSFORMS = ("none", "rotate4", "imu")
 
 
 @dataclass(frozen=True)
@@ -38,6 +46,14 @@ class LossTermSpec:
         alpha: DKD's TCKD weight.
         beta: DKD's NCKD weight.
         alpha_T: PS-KD's final mixing weight.
+        student_stage: fitnets: index of the guided student stage in ``forward_intermediates``.
+        teacher_tap: fitnets: name of the cached teacher feature that is the hint.
+        hint_size: fitnets: spatial/temporal size the cached hint was pooled to (None = as is);
+            read by whoever fills the cache, recorded here so checkpoints see it.
+        transforms: layered: self-supervised input transformations whose joint labels the
+            exits predict ("none", "rotate4" for images, "imu" for [B, C, T] windows).
+        exit_kd_weight: layered: weight of the deepest exit's KD into each shallower exit.
+        feature_weight: layered: weight of the feature hints to the deepest exit.
     """
 
     name: str
@@ -48,10 +64,22 @@ class LossTermSpec:
     alpha: float = 1.0
     beta: float = 8.0
     alpha_T: float = 0.8
+    student_stage: int = -2
+    teacher_tap: str = ""
+    hint_size: int | None = None
+    transforms: str = "none"
+    exit_kd_weight: float = 1.0
+    feature_weight: float = 0.0
 
     def __post_init__(self) -> None:
         if self.name not in TERM_NAMES:
             raise ValueError(f"unknown loss term '{self.name}'; known: {', '.join(TERM_NAMES)}")
+        if self.name == "fitnets" and not self.teacher_tap:
+            raise ValueError("loss term 'fitnets' needs teacher_tap (a teacher layer name)")
+        if self.transforms not in LAYERED_TRANSFORMS:
+            raise ValueError(
+                f"transforms must be one of {LAYERED_TRANSFORMS}, got {self.transforms!r}"
+            )
         if self.weight < 0 or self.temperature <= 0 or self.warmup_epochs < 0:
             raise ValueError(f"bad settings for loss term {self}")
         if self.final_temperature is not None and self.final_temperature <= 0:
@@ -96,6 +124,97 @@ class Objective:
         self.memory = (
             PredictionMemory(num_samples, num_classes, memory_path) if "pskd" in names else None
         )
+        # FitNets' regressors: trained with the student, dropped after distillation.
+        self.adapters = nn.ModuleDict()
+
+    @property
+    def teacher_taps(self) -> list[str]:
+        """Teacher features (besides logits) that some term reads."""
+        return [t.teacher_tap for t in self.terms if t.name == "fitnets" and t.weight > 0]
+
+    def setup(
+        self, model: nn.Module, sample: torch.Tensor, teacher_features: Mapping[str, object]
+    ) -> list[nn.Parameter]:
+        """Build the trainable parts some terms own; returns their parameters for the optimiser.
+
+        Args:
+            model: The student (FitNets reads its ``forward_intermediates``).
+            sample: A few training inputs [b, ...] to learn the student's feature shapes.
+            teacher_features: tap name -> [N, ...] cached teacher features.
+        """
+        for term in self.terms:
+            if term.name != "fitnets" or term.weight == 0:
+                continue
+            if term.teacher_tap not in teacher_features:
+                raise ValueError(f"fitnets needs the cached teacher feature '{term.teacher_tap}'")
+            was_training = model.training
+            model.eval()  # a shape probe must not move batch-norm statistics
+            with torch.no_grad():
+                _, feats = model.forward_intermediates(sample[:2])  # type: ignore[operator]
+            model.train(was_training)
+            try:
+                student = feats[term.student_stage]
+            except IndexError:
+                raise ValueError(
+                    f"fitnets student_stage {term.student_stage}: the student has {len(feats)} "
+                    "stages"
+                ) from None
+            hint = teacher_features[term.teacher_tap]
+            teacher_shape = (student.shape[0], *hint.shape[1:])  # type: ignore[attr-defined]
+            self.adapters[term.teacher_tap.replace(".", "_")] = HintAdapter(
+                tuple(student.shape), teacher_shape
+            )
+        return list(self.adapters.parameters())
+
+    def train(self, mode: bool = True) -> None:
+        """Put the owned modules (adapters) in training or evaluation mode."""
+        self.adapters.train(mode)
+
+    def batch_loss(
+        self,
+        net: nn.Module,
+        x: torch.Tensor,
+        targets: torch.Tensor,
+        indices: torch.Tensor,
+        teacher: Mapping[str, torch.Tensor],
+        epoch: int,
+        total_epochs: int,
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """Forward the student on a batch and return the loss of every term.
+
+        Args:
+            net: The student behind :class:`~edgedistill.distill.ddp.TrainingForward`
+                (``net(x, "intermediates")`` etc.; a multi-exit student for ``layered``).
+            x: [B, ...] inputs; targets: [B] labels (-1 = unlabelled); indices: [B] rows.
+            teacher: "logits" -> [B, K] and tap name -> [B, ...] cached teacher outputs.
+            epoch, total_epochs: Schedule position.
+        """
+        names = {t.name: t for t in self.terms}
+        feats: list[torch.Tensor] = []
+        extra = x.new_zeros(())
+        parts: dict[str, float] = {}
+        layered = names.get("layered")
+        if layered is not None:
+            from edgedistill.distill.layered_objective import layered_term
+
+            logits, value = layered_term(net, x, targets, layered, epoch, total_epochs)
+            parts["layered"] = value.item()
+            extra = extra + layered.weight_at(epoch) * value
+        elif self.adapters:
+            logits, feats = net(x, "intermediates")
+        else:
+            logits = net(x)
+        for term in self.terms:
+            if term.name != "fitnets" or term.weight == 0:
+                continue
+            adapter = self.adapters[term.teacher_tap.replace(".", "_")]
+            value = hint_loss(adapter(feats[term.student_stage]), teacher[term.teacher_tap])
+            parts["fitnets"] = value.item()
+            extra = extra + term.weight_at(epoch) * value
+        loss, logit_parts = self(
+            logits, targets, indices, teacher.get("logits"), epoch, total_epochs
+        )
+        return loss + extra, {**logit_parts, **parts}
 
     @property
     def needs_teacher(self) -> bool:
@@ -123,6 +242,8 @@ class Objective:
         total = logits.new_zeros(())
         parts: dict[str, float] = {}
         for term in self.terms:
+            if term.name in MODEL_TERMS:
+                continue  # computed by batch_loss, which sees the model
             weight = term.weight_at(epoch)
             if term.name == "ce":
                 labelled = targets >= 0  # -1 marks an image without a label
@@ -156,13 +277,17 @@ class Objective:
         return total, parts
 
     def state(self) -> dict[str, torch.Tensor]:
-        """What a checkpoint must hold to resume exactly (PS-KD's memory)."""
-        if self.memory is None:
-            return {}
-        return {"pskd_memory": self.memory.get(torch.arange(len(self.memory)))}
+        """What a checkpoint must hold to resume exactly (PS-KD's memory, adapter weights)."""
+        state = {f"adapters.{k}": v for k, v in self.adapters.state_dict().items()}
+        if self.memory is not None:
+            state["pskd_memory"] = self.memory.get(torch.arange(len(self.memory)))
+        return state
 
     def load_state(self, state: dict[str, torch.Tensor]) -> None:
         """Inverse of :meth:`state`."""
+        adapters = {k[len("adapters.") :]: v for k, v in state.items() if k.startswith("adapters.")}
+        if adapters:
+            self.adapters.load_state_dict(adapters)
         if self.memory is not None and "pskd_memory" in state:
             probs = state["pskd_memory"]
             self.memory.update(torch.arange(probs.shape[0]), probs)

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from edgedistill.artifacts import atomic_save, atomic_write_text
+from edgedistill.distill.ddp import DataParallelContext
 from edgedistill.distill.objective import LossTermSpec, Objective
 
 SCHEDULES = ("onecycle", "cosine", "constant")
@@ -100,6 +101,7 @@ def train_student(
     settings: TrainSettings,
     *,
     teacher_logits: np.ndarray | None = None,
+    teacher_features: dict[str, np.ndarray] | None = None,
     evaluate: Callable[[nn.Module], float] | None = None,
     checkpoint_path: Path | None = None,
     fingerprint: str = "",
@@ -117,6 +119,7 @@ def train_student(
         settings: Optimiser, schedule and loss weights.
         teacher_logits: [N, K] cached teacher outputs aligned with ``x_train`` (needed when
             ``settings.kd_weight > 0``); a memory-mapped array is fine.
+        teacher_features: tap name -> [N, ...] cached teacher features (FitNets hints).
         evaluate: Returns held-out accuracy (%) of the model; logged each epoch.
         checkpoint_path: Where the per-epoch checkpoint lives; resumed from when its
             ``fingerprint`` matches.
@@ -137,13 +140,22 @@ def train_student(
         raise ValueError(
             f"teacher logits cover {len(teacher_logits)} samples, data has {len(y_train)}"
         )
+    teacher_features = dict(teacher_features or {})
+    missing = [tap for tap in objective.teacher_taps if tap not in teacher_features]
+    if missing:
+        raise ValueError(f"loss terms need cached teacher features {missing}")
     n = len(y_train)
     steps_per_epoch = (n + settings.batch_size - 1) // settings.batch_size
     total = settings.epochs * steps_per_epoch
     torch.manual_seed(settings.seed)
     generator = torch.Generator().manual_seed(settings.seed)
+    extra_params = objective.setup(model, x_train[:2], teacher_features)
+    ddp = DataParallelContext.current()
+    trained = ddp.wrap(model)
+    if ddp.world_size > 1 and objective.memory is not None:
+        raise ValueError("pskd keeps per-sample memory and is not supported under DDP yet")
     optimizer = torch.optim.SGD(
-        model.parameters(),
+        [*model.parameters(), *extra_params],
         lr=settings.lr,
         momentum=settings.momentum,
         nesterov=settings.momentum > 0,
@@ -153,44 +165,59 @@ def train_student(
     result = TrainResult()
     start_epoch = 0
     best: dict[str, Any] = {"score": None, "epoch": None, "state": None, "bad_epochs": 0}
-    if checkpoint_path is not None and checkpoint_path.is_file():
+    state = None
+    if ddp.is_main and checkpoint_path is not None and checkpoint_path.is_file():
         state = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
-        if state.get("fingerprint") == fingerprint and state.get("settings") == asdict(settings):
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            generator.set_state(state["generator"])
-            torch.set_rng_state(state["torch_rng"])
-            objective.load_state(state.get("objective", {}))
-            best = state.get("best", best)
-            if best.get("stopped"):
-                start_epoch = settings.epochs  # it had already stopped early
-            start_epoch = int(state["epoch"])
-            result.history = list(state["history"])
-            result.resumed_from_epoch = start_epoch
+    state = ddp.broadcast(state)  # every process resumes from rank 0's checkpoint
+    if (
+        state is not None
+        and state.get("fingerprint") == fingerprint
+        and state.get("settings") == asdict(settings)
+    ):
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        objective.load_state(state.get("objective", {}))
+        best = state.get("best", best)
+        start_epoch = int(state["epoch"])
+        result.history = list(state["history"])
+        result.resumed_from_epoch = start_epoch
+        if best.get("stopped"):
+            start_epoch = settings.epochs  # it had already stopped early: train no more
     started = time.perf_counter()
     for epoch in range(start_epoch, settings.epochs):
         model.train()
+        objective.train(True)
         order = torch.randperm(n, generator=generator)
         totals: dict[str, float] = {"loss": 0.0}
         epoch_lr = float(scheduler.get_last_lr()[0])  # LR at the start of the epoch
         for step, begin in enumerate(range(0, n, settings.batch_size)):
-            idx = order[begin : begin + settings.batch_size]
-            logits = model(x_train[idx])
-            t_logits = None
+            # Under DDP each process takes every world_size-th row of the global batch.
+            idx = ddp.shard(order[begin : begin + settings.batch_size])
+            teacher: dict[str, torch.Tensor] = {}
             if objective.needs_teacher and teacher_logits is not None:
                 rows = np.asarray(teacher_logits[idx.numpy()], dtype=np.float32)
-                t_logits = torch.from_numpy(rows)
-            loss, parts = objective(logits, y_train[idx], idx, t_logits, epoch, settings.epochs)
+                teacher["logits"] = torch.from_numpy(rows)
+            for tap in objective.teacher_taps:
+                hint = np.asarray(teacher_features[tap][idx.numpy()], dtype=np.float32)
+                teacher[tap] = torch.from_numpy(hint)
+            loss, parts = objective.batch_loss(
+                trained, x_train[idx], y_train[idx], idx, teacher, epoch, settings.epochs
+            )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if settings.grad_clip is not None:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
+                torch.nn.utils.clip_grad_norm_(
+                    [*model.parameters(), *extra_params], settings.grad_clip
+                )
             optimizer.step()
             scheduler.step()
-            totals["loss"] += loss.item() * len(idx)
+            rows_in_batch = min(settings.batch_size, n - begin)  # global, for the epoch means
+            totals["loss"] += ddp.mean(loss.item()) * rows_in_batch
             for name, value in parts.items():
-                totals[name] = totals.get(name, 0.0) + value * len(idx)
+                totals[name] = totals.get(name, 0.0) + ddp.mean(value) * rows_in_batch
             if progress is not None:
                 progress(
                     epoch * steps_per_epoch + step + 1,
@@ -202,7 +229,8 @@ def train_student(
         if evaluate is not None:
             row["val_top1"] = evaluate(model)
         result.history.append(row)
-        _log_tensorboard(tensorboard_dir, row)
+        if ddp.is_main:
+            _log_tensorboard(tensorboard_dir, row)
         if settings.early_stopping_patience is not None:
             score = row["val_top1"]
             if best["score"] is None or score > best["score"] + settings.min_delta:
@@ -215,9 +243,9 @@ def train_student(
             else:
                 best["bad_epochs"] += 1
             best["stopped"] = best["bad_epochs"] >= settings.early_stopping_patience
-        if log_csv is not None:
+        if log_csv is not None and ddp.is_main:
             _write_history(log_csv, result.history)
-        if checkpoint_path is not None:
+        if checkpoint_path is not None and ddp.is_main:
             state = {
                 "fingerprint": fingerprint,
                 "settings": asdict(settings),
@@ -232,6 +260,7 @@ def train_student(
                 "best": best,
             }
             atomic_save(checkpoint_path, lambda tmp, s=state: torch.save(s, tmp))  # type: ignore[misc]
+        objective.train(False)
         if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch:
             break
         if best.get("stopped"):

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from edgedistill.artifacts import atomic_save, sha256_json
+from edgedistill.distill.ddp import DataParallelContext
 
 
 def teacher_cache_key(
@@ -36,6 +37,7 @@ def cached_teacher_logits(
     cache_dir: Path,
     batch_size: int = 500,
     on_batch: Callable[[int], None] | None = None,
+    prefix: str = "teacher-logits",
 ) -> tuple[np.ndarray, bool]:
     """Teacher logits for ``images``, from the cache when present.
 
@@ -47,11 +49,29 @@ def cached_teacher_logits(
         cache_dir: Folder of cache files.
         batch_size: Teacher batch size when computing.
         on_batch: Called with the number of images after each batch (progress bars).
+        prefix: File name prefix (the same cache serves logits and tapped features).
 
     Returns:
         (read-only memory-mapped [N, K] float32 array, whether it was a cache hit).
     """
-    path = Path(cache_dir) / f"teacher-logits-{key[:32]}.npy"
+    path = Path(cache_dir) / f"{prefix}-{key[:32]}.npy"
+    ddp = DataParallelContext.current()
+    if not ddp.is_main:
+        ddp.barrier()  # rank 0 fills the cache first (below); the others memory-map it
+        return np.load(path, mmap_mode="r"), True
+    result = _load_or_compute(teacher, images, transform, path, batch_size, on_batch)
+    ddp.barrier()
+    return result
+
+
+def _load_or_compute(
+    teacher: Callable[[torch.Tensor], torch.Tensor],
+    images: np.ndarray,
+    transform: Callable[[np.ndarray], torch.Tensor],
+    path: Path,
+    batch_size: int,
+    on_batch: Callable[[int], None] | None,
+) -> tuple[np.ndarray, bool]:
     if path.is_file():
         cached = np.load(path, mmap_mode="r")
         if cached.shape[0] == len(images):
