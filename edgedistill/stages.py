@@ -20,6 +20,7 @@ from edgedistill.artifacts import atomic_write_json, read_json
 from edgedistill.compress.prune import prune_channels
 from edgedistill.deliver import stage_bundle, stage_report
 from edgedistill.deploy import stage_export, stage_profile, stage_quantize, stage_verify
+from edgedistill.distill.layered import NUM_IMAGE_TRANSFORMS, NUM_IMU_TRANSFORMS
 from edgedistill.distill.objective import TEACHER_TERMS, LossTermSpec
 from edgedistill.distill.trainer import TrainSettings, train_student
 from edgedistill.errors import RecipeError
@@ -28,6 +29,7 @@ from edgedistill.pipeline import RunContext, StageOutcome
 from edgedistill.progress import progress_bar
 from edgedistill.students import build_model
 from edgedistill.students.io import load_model, save_model
+from edgedistill.students.multi_exit import MultiExitStudent
 from edgedistill.teachers import cached_teacher_logits, teacher_cache_key
 
 __all__ = [
@@ -63,6 +65,9 @@ def teacher_logits_for(ctx: RunContext, images: Any, split: str) -> tuple[Any, b
             batch_size=ctx.recipe.distill.teacher_batch_size,
             on_batch=lambda n: advance(n, f"{split} logits"),
         )
+
+
+LAYERED_TRANSFORM_COUNT = {"none": 1, "rotate4": NUM_IMAGE_TRANSFORMS, "imu": NUM_IMU_TRANSFORMS}
 
 
 def teacher_features_for(
@@ -219,6 +224,14 @@ def stage_distill(ctx: RunContext) -> dict[str, Any]:
         }
         torch.manual_seed(recipe.seed)
         student = build_model(recipe.student.arch, config)
+        layered = next((t for t in recipe.distill.terms if t.name == "layered"), None)
+        trained: nn.Module = student
+        if layered is not None:
+            # Layered self-distillation trains auxiliary exits on the student's stages; the
+            # chain continues with the plain student (exits removed), see MultiExitStudent.
+            trained = MultiExitStudent(
+                student, num_transforms=LAYERED_TRANSFORM_COUNT[layered.transforms]
+            )
         teacher_params = count_params(ctx.teacher.model)
         limit = recipe.student.max_teacher_param_fraction
         if limit is not None and count_params(student) > limit * teacher_params:
@@ -230,7 +243,11 @@ def stage_distill(ctx: RunContext) -> dict[str, Any]:
         test_logits, _ = teacher_logits_for(ctx, ctx.dataset.x_test, "test")
         teacher_top1 = topk_accuracy(test_logits, ctx.y_test)
         settings = _settings(ctx, recipe.distill.epochs, recipe.distill.lr)
-        history = _train(ctx, student, settings, stage_dir, fingerprint, "distill")
+        history = _train(ctx, trained, settings, stage_dir, fingerprint, "distill")
+        extra: dict[str, Any] = {}
+        if isinstance(trained, MultiExitStudent):
+            extra = {"exit_top1": _exit_accuracies(trained, ctx.x_test, ctx.y_test)}
+            student = trained.plain_student()
         outputs = save_model(student, recipe.student.arch, stage_dir, "student")
         atomic_write_json(stage_dir / "normalization.json", ctx.normalization.as_dict())
         return StageOutcome(
@@ -244,10 +261,22 @@ def stage_distill(ctx: RunContext) -> dict[str, Any]:
                 "teacher_macs": count_macs(ctx.teacher.model, shape),
                 "epochs": len(history),
                 "train_samples": len(ctx.dataset.y_train),
+                **extra,
             },
         )
 
     return ctx.run_stage("distill", inputs, body)
+
+
+def _exit_accuracies(model: MultiExitStudent, x: torch.Tensor, y: np.ndarray) -> list[float]:
+    """Top-1 (%) of every exit on the test split, shallow -> deep."""
+    deploy = model.to_deploy(keep_exits=True)
+    outs: list[list[torch.Tensor]] = [[] for _ in range(model.num_exits)]
+    with torch.inference_mode():
+        for start in range(0, len(x), 1000):
+            for i, logits in enumerate(deploy(x[start : start + 1000])):
+                outs[i].append(logits)
+    return [round(topk_accuracy(torch.cat(o).numpy(), y), 2) for o in outs]
 
 
 def calibration_inputs(ctx: RunContext, n: int = 512) -> torch.Tensor:

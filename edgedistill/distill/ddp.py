@@ -98,7 +98,8 @@ class TrainingForward(nn.Module):
     DDP synchronises gradients for what passes through its ``forward``; calling
     ``model.forward_intermediates`` directly would bypass it. ``outputs`` selects the method:
     "logits" (``forward``), "intermediates" (``forward_intermediates``), "exits"
-    (``forward_exits``), "exit_features" (``forward_exit_features``).
+    (``forward_exits``), "exit_features" (``forward_exit_features``), "exits_and_features"
+    (``forward_exits_and_features``).
     """
 
     METHODS: ClassVar[dict[str, str]] = {
@@ -106,6 +107,7 @@ class TrainingForward(nn.Module):
         "intermediates": "forward_intermediates",
         "exits": "forward_exits",
         "exit_features": "forward_exit_features",
+        "exits_and_features": "forward_exits_and_features",
     }
 
     def __init__(self, model: nn.Module) -> None:

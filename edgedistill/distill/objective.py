@@ -195,9 +195,7 @@ class Objective:
         parts: dict[str, float] = {}
         layered = names.get("layered")
         if layered is not None:
-            from edgedistill.distill.layered_objective import layered_term
-
-            logits, value = layered_term(net, x, targets, layered, epoch, total_epochs)
+            logits, value = _layered_term(net, x, targets, layered, epoch, total_epochs)
             parts["layered"] = value.item()
             extra = extra + layered.weight_at(epoch) * value
         elif self.adapters:
@@ -291,3 +289,56 @@ class Objective:
         if self.memory is not None and "pskd_memory" in state:
             probs = state["pskd_memory"]
             self.memory.update(torch.arange(probs.shape[0]), probs)
+
+
+def _layered_term(
+    net: nn.Module,
+    x: torch.Tensor,
+    targets: torch.Tensor,
+    term: LossTermSpec,
+    epoch: int,
+    total_epochs: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Layered self-distillation of one batch: (deepest exit's class logits [B, K], loss).
+
+    The batch is expanded by the term's self-supervised transformations (transform-major,
+    identity first), every exit predicts the joint (class, transformation) label, and the
+    deepest exit teaches the shallower ones (:func:`~edgedistill.distill.layered.layered_sd_loss`).
+    """
+    from edgedistill.distill.layered import (
+        NUM_IMAGE_TRANSFORMS,
+        NUM_IMU_TRANSFORMS,
+        augmented_labels,
+        class_logits,
+        image_transforms,
+        imu_transforms,
+        layered_sd_loss,
+    )
+
+    if term.transforms == "rotate4":
+        m, inputs = NUM_IMAGE_TRANSFORMS, image_transforms(x)
+    elif term.transforms == "imu":
+        m, inputs = NUM_IMU_TRANSFORMS, imu_transforms(x)
+    else:
+        m, inputs = 1, x
+    features = None
+    if term.feature_weight > 0:
+        exits, features = net(inputs, "exits_and_features")
+    else:
+        exits = net(inputs, "exits")
+    width = exits[-1].shape[1]
+    if width % m:
+        raise ValueError(
+            f"layered transforms '{term.transforms}' need exits with K x {m} outputs, got {width} "
+            f"(build the student as MultiExitStudent(..., num_transforms={m}))"
+        )
+    value, _ = layered_sd_loss(
+        exits,
+        augmented_labels(targets, m),
+        temperature=term.temperature_at(epoch, total_epochs),
+        kd_weight=term.exit_kd_weight,
+        ce_weight=1.0,
+        exit_features=features,
+        feature_weight=term.feature_weight,
+    )
+    return class_logits(exits[-1][: len(x)], m), value
