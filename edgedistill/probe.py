@@ -166,7 +166,7 @@ def linear_probe(
         from sklearn.linear_model import LogisticRegression
         from sklearn.preprocessing import StandardScaler
     except ImportError:
-        raise MissingDependencyError("scikit-learn", "imu", "linear probing") from None
+        raise MissingDependencyError("scikit-learn", "probe", "linear probing") from None
     x, y = _features("train_x", train_x), _labels("train_y", train_y)
     tx, ty = _features("test_x", test_x), _labels("test_y", test_y, allow_unlabelled=False)
     if len(x) != len(y) or len(tx) != len(ty):

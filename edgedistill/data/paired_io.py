@@ -576,7 +576,4 @@ def _import(module: str, package: str, purpose: str) -> Any:
     try:
         return importlib.import_module(module)
     except ImportError:
-        error = MissingDependencyError(package, "video", purpose)
-        # No edgedistill extra provides these packages yet, so name the pip package itself.
-        error.args = (f"{purpose} needs the '{package}' package: pip install {package}",)
-        raise error from None
+        raise MissingDependencyError(package, "video", purpose) from None
