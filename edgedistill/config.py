@@ -93,6 +93,11 @@ class StudentConfig(_Section):
     arch: str = "convnet"
     config: dict[str, Any] = Field(default_factory=dict)
     max_teacher_param_fraction: float | None = Field(default=None, gt=0, le=1)
+    early_exits: bool = Field(
+        default=False,
+        description="with a layered term: keep the auxiliary exits as early exits; the distill "
+        "stage exports every exit, verifies each against torch and profiles each",
+    )
 
 
 class LossTerm(_Section):

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edgedistill.artifacts import atomic_write_json, read_json
+from edgedistill.artifacts import atomic_write_json, atomic_write_text, read_json
 from edgedistill.compress.prune import prune_channels
 from edgedistill.deliver import stage_bundle, stage_report
 from edgedistill.deploy import stage_export, stage_profile, stage_quantize, stage_verify
@@ -245,13 +245,16 @@ def stage_distill(ctx: RunContext) -> dict[str, Any]:
         settings = _settings(ctx, recipe.distill.epochs, recipe.distill.lr)
         history = _train(ctx, trained, settings, stage_dir, fingerprint, "distill")
         extra: dict[str, Any] = {}
+        exit_outputs: list[str] = []
         if isinstance(trained, MultiExitStudent):
             extra = {"exit_top1": _exit_accuracies(trained, ctx.x_test, ctx.y_test)}
+            if recipe.student.early_exits:
+                extra["exits"], exit_outputs = _early_exit_report(ctx, trained, stage_dir)
             student = trained.plain_student()
         outputs = save_model(student, recipe.student.arch, stage_dir, "student")
         atomic_write_json(stage_dir / "normalization.json", ctx.normalization.as_dict())
         return StageOutcome(
-            outputs=[*outputs, "normalization.json", "train_log.csv"],
+            outputs=[*outputs, "normalization.json", "train_log.csv", *exit_outputs],
             metrics={
                 "student_top1": topk_accuracy(predict_logits(student, ctx.x_test), ctx.y_test),
                 "teacher_top1": teacher_top1,
@@ -277,6 +280,48 @@ def _exit_accuracies(model: MultiExitStudent, x: torch.Tensor, y: np.ndarray) ->
             for i, logits in enumerate(deploy(x[start : start + 1000])):
                 outs[i].append(logits)
     return [round(topk_accuracy(torch.cat(o).numpy(), y), 2) for o in outs]
+
+
+def _early_exit_report(
+    ctx: RunContext, model: MultiExitStudent, stage_dir: Path
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """Export every exit, verify each against torch (gate), profile each; write the report."""
+    from edgedistill.early_exits import (
+        cascade_table,
+        evaluate_exits,
+        exit_logits,
+        exit_report_markdown,
+        write_exit_report,
+    )
+
+    profile = ctx.recipe.profile
+    folder = stage_dir / "exits"
+    reports = evaluate_exits(
+        model,
+        ctx.x_test,
+        ctx.y_test,
+        folder,
+        input_shape=tuple(ctx.dataset.input_shape),
+        threads=profile.threads,
+        warmup=profile.warmup,
+        runs=profile.runs,
+        parity_samples=ctx.recipe.gates.parity_samples,
+        tolerance=ctx.recipe.gates.fp32_max_abs_diff,
+    )
+    cascade = cascade_table(
+        exit_logits(model, ctx.x_test),
+        ctx.y_test,
+        [r.cascade_macs for r in reports],
+        baseline_macs=reports[-1].macs,
+    )
+    write_exit_report(reports, cascade, folder / "exits.json")
+    atomic_write_text(folder / "exits.md", exit_report_markdown(reports, cascade))
+    files = sorted(p.relative_to(stage_dir).as_posix() for p in folder.glob("*.onnx"))
+    rows = [
+        {"exit": r.index, "top1": r.top1_onnx, "macs": r.macs, "p50_ms": r.latency_ms["p50"]}
+        for r in reports
+    ]
+    return rows, [*files, "exits/exits.json", "exits/exits.md"]
 
 
 def calibration_inputs(ctx: RunContext, n: int = 512) -> torch.Tensor:

@@ -81,3 +81,29 @@ def test_distill_stage_with_layered_term_saves_the_plain_student_and_exit_accura
     assert model(torch.zeros(2, 1, 16, 16)).shape == (2, k)  # K classes, not K x 4
     # No teacher term: the teacher ran on the test split (for its reported accuracy) only.
     assert len(list((tmp_path / "run" / "cache").glob("teacher-logits-*.npy"))) == 1
+
+
+def test_early_exits_are_exported_verified_and_profiled_per_exit(
+    tiny_recipe_dict: dict[str, Any], tmp_path: Path
+) -> None:
+    recipe = dict(tiny_recipe_dict)
+    recipe["student"] = {"arch": "convnet", "config": {"widths": [8, 16, 16]}, "early_exits": True}
+    recipe["distill"] = {
+        **recipe["distill"],
+        "terms": [{"name": "layered", "weight": 1.0, "transforms": "none"}],
+    }
+    recipe["profile"] = {**recipe["profile"], "runs": 100, "warmup": 1}
+    path = tmp_path / "exits.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    ctx = run_pipeline(load_recipe(path), tmp_path / "run", until="distill")
+    metrics = ctx.manifests["distill"]["metrics"]
+    exits = metrics["exits"]
+    assert [row["exit"] for row in exits] == [0, 1, 2]
+    assert [row["top1"] for row in exits] == pytest.approx(metrics["exit_top1"], abs=0.01)
+    assert exits[0]["macs"] < exits[1]["macs"] < exits[2]["macs"]
+    assert all(row["p50_ms"] > 0 for row in exits)
+    folder = tmp_path / "run" / "distill" / "exits"
+    assert {"student-exits.onnx", "exit0.onnx", "exit2.onnx", "exits.json"} <= {
+        p.name for p in folder.iterdir()
+    }
+    assert "exit0.onnx" in str(ctx.manifests["distill"]["outputs"])
