@@ -107,12 +107,15 @@ class LossTerm(_Section):
     ``pskd`` progressive self-KD (``alpha_T``, no teacher); ``fitnets`` hint loss from the
     student stage ``student_stage`` to the teacher layer ``teacher_tap`` (cached, pooled to
     ``hint_size``); ``layered`` layered self-distillation over the auxiliary exits of a
-    multi-exit student (``transforms``, ``exit_kd_weight``, ``feature_weight``; no teacher).
+    multi-exit student (``transforms``, ``exit_kd_weight``, ``feature_weight``; no teacher);
+    ``comodo`` / ``infonce`` / ``l2`` cross-modal terms on the student's pooled features against
+    cached teacher embeddings of the paired modality (``temperature`` = teacher's,
+    ``student_temperature``, ``queue_size``).
     ``warmup_epochs`` ramps the weight up linearly; ``final_temperature`` decays the
     temperature linearly over training.
     """
 
-    name: Literal["ce", "kd", "dkd", "pskd", "fitnets", "layered"]
+    name: Literal["ce", "kd", "dkd", "pskd", "fitnets", "layered", "comodo", "infonce", "l2"]
     weight: float = Field(ge=0)
     temperature: float = Field(default=4.0, gt=0)
     final_temperature: float | None = Field(default=None, gt=0)
@@ -130,6 +133,12 @@ class LossTerm(_Section):
     )
     exit_kd_weight: float = Field(default=1.0, ge=0, description="layered: exit KD weight")
     feature_weight: float = Field(default=0.0, ge=0, description="layered: feature hint weight")
+    queue_size: int = Field(
+        default=4096, ge=0, description="comodo: queue of teacher embeddings; infonce: negatives"
+    )
+    student_temperature: float = Field(
+        default=0.05, gt=0, description="comodo: the student's temperature"
+    )
 
     @model_validator(mode="after")
     def _fitnets_needs_a_tap(self) -> LossTerm:

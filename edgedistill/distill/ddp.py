@@ -97,13 +97,14 @@ class TrainingForward(nn.Module):
 
     DDP synchronises gradients for what passes through its ``forward``; calling
     ``model.forward_intermediates`` directly would bypass it. ``outputs`` selects the method:
-    "logits" (``forward``), "intermediates" (``forward_intermediates``), "exits"
+    "logits" (``forward``), "features" (``forward_features``), "intermediates" (``forward_intermediates``), "exits"
     (``forward_exits``), "exit_features" (``forward_exit_features``), "exits_and_features"
     (``forward_exits_and_features``).
     """
 
     METHODS: ClassVar[dict[str, str]] = {
         "logits": "forward",
+        "features": "forward_features",
         "intermediates": "forward_intermediates",
         "exits": "forward_exits",
         "exit_features": "forward_exit_features",

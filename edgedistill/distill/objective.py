@@ -20,14 +20,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from edgedistill.distill.crossmodal import CROSSMODAL_TERMS, CrossModalTerm
 from edgedistill.distill.dkd import dkd_loss
 from edgedistill.distill.fitnets import HintAdapter, hint_loss
 from edgedistill.distill.kd import kd_loss
 from edgedistill.distill.pskd import PredictionMemory, pskd_alpha, pskd_loss
 
-TERM_NAMES = ("ce", "kd", "dkd", "pskd", "fitnets", "layered")
+TERM_NAMES = ("ce", "kd", "dkd", "pskd", "fitnets", "layered", *CROSSMODAL_TERMS)
 TEACHER_TERMS = frozenset({"kd", "dkd"})
-MODEL_TERMS = frozenset({"fitnets", "layered"})  # need more than the logits of one forward
+EMBEDDING_KEY = "embedding"  # teacher feature name of the cross-modal terms' clip embeddings
+# terms that need more than the logits of one forward
+MODEL_TERMS = frozenset({"fitnets", "layered", *CROSSMODAL_TERMS})
 LAYERED_TRANSFORMS = ("none", "rotate4", "imu")
 
 
@@ -54,6 +57,10 @@ class LossTermSpec:
             exits predict ("none", "rotate4" for images, "imu" for [B, C, T] windows).
         exit_kd_weight: layered: weight of the deepest exit's KD into each shallower exit.
         feature_weight: layered: weight of the feature hints to the deepest exit.
+        queue_size: comodo: FIFO queue of teacher embeddings; infonce: extra negatives
+            (0 = in-batch only).
+        student_temperature: comodo: the student's temperature (``temperature`` is the
+            teacher's; COMODO's paper uses 0.1 / 0.05).
     """
 
     name: str
@@ -70,6 +77,8 @@ class LossTermSpec:
     transforms: str = "none"
     exit_kd_weight: float = 1.0
     feature_weight: float = 0.0
+    queue_size: int = 4096
+    student_temperature: float = 0.05
 
     def __post_init__(self) -> None:
         if self.name not in TERM_NAMES:
@@ -130,7 +139,10 @@ class Objective:
     @property
     def teacher_taps(self) -> list[str]:
         """Teacher features (besides logits) that some term reads."""
-        return [t.teacher_tap for t in self.terms if t.name == "fitnets" and t.weight > 0]
+        taps = [t.teacher_tap for t in self.terms if t.name == "fitnets" and t.weight > 0]
+        if any(t.name in CROSSMODAL_TERMS and t.weight > 0 for t in self.terms):
+            taps.append(EMBEDDING_KEY)
+        return taps
 
     def setup(
         self, model: nn.Module, sample: torch.Tensor, teacher_features: Mapping[str, object]
@@ -143,6 +155,9 @@ class Objective:
             teacher_features: tap name -> [N, ...] cached teacher features.
         """
         for term in self.terms:
+            if term.name in CROSSMODAL_TERMS and term.weight > 0:
+                self.adapters[term.name] = _crossmodal_module(term, model, sample, teacher_features)
+                continue
             if term.name != "fitnets" or term.weight == 0:
                 continue
             if term.teacher_tap not in teacher_features:
@@ -198,6 +213,16 @@ class Objective:
             logits, value = _layered_term(net, x, targets, layered, epoch, total_epochs)
             parts["layered"] = value.item()
             extra = extra + layered.weight_at(epoch) * value
+        elif any(t.name in CROSSMODAL_TERMS and t.weight > 0 for t in self.terms):
+            pooled = net(x, "features")
+            for term in self.terms:
+                if term.name in CROSSMODAL_TERMS and term.weight > 0:
+                    value = self.adapters[term.name](pooled, teacher[EMBEDDING_KEY])
+                    parts[term.name] = value.item()
+                    extra = extra + term.weight_at(epoch) * value
+            if not any(t.name not in MODEL_TERMS and t.weight > 0 for t in self.terms):
+                return extra, parts  # pure pre-training: no logit term to compute
+            logits = net(x)
         elif self.adapters:
             logits, feats = net(x, "intermediates")
         else:
@@ -289,6 +314,31 @@ class Objective:
         if self.memory is not None and "pskd_memory" in state:
             probs = state["pskd_memory"]
             self.memory.update(torch.arange(probs.shape[0]), probs)
+
+
+def _crossmodal_module(
+    term: LossTermSpec,
+    model: nn.Module,
+    sample: torch.Tensor,
+    teacher_features: Mapping[str, object],
+) -> CrossModalTerm:
+    """The projection head + loss of a cross-modal term, sized from the model and teacher."""
+    embedding = teacher_features.get(EMBEDDING_KEY)
+    if embedding is None:
+        raise ValueError(f"loss term '{term.name}' needs cached teacher '{EMBEDDING_KEY}'s")
+    was_training = model.training
+    model.eval()  # a shape probe must not move batch-norm statistics
+    with torch.no_grad():
+        pooled = model.forward_features(sample[:2])  # type: ignore[operator]
+    model.train(was_training)
+    return CrossModalTerm(
+        term.name,
+        int(pooled.shape[1]),
+        int(embedding.shape[1]),  # type: ignore[attr-defined]
+        temperature=term.temperature,
+        student_temperature=term.student_temperature,
+        queue_size=term.queue_size if term.name != "l2" else 0,
+    )
 
 
 def _layered_term(
