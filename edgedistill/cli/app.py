@@ -154,6 +154,29 @@ def validate(recipe: RecipeArg, target: TargetOpt = None, debug: DebugOpt = Fals
     console.print(f"[green]ok[/]: {escape(str(recipe))} (recipe '{escape(parsed.name)}')")
 
 
+@app.command()
+def crossmodal(recipe: RecipeArg, out: OutOpt = None, debug: DebugOpt = False) -> None:
+    """Video teacher → IMU student without labels (COMODO), then prune/INT8/verify/bundle."""
+    from edgedistill.crossmodal_recipe import CrossModalRecipe, run_crossmodal
+
+    try:
+        parsed = CrossModalRecipe.load(recipe)
+        out_dir = out or Path("runs") / parsed.name
+        console.print(f"[bold]edgedistill[/] crossmodal: [cyan]{recipe}[/] → [cyan]{out_dir}[/]")
+        summary = run_crossmodal(parsed, out_dir, console=console)
+    except EdgeDistillError as exc:
+        if debug:
+            raise
+        console.print("[red]error:[/]", escape(str(exc)), highlight=False, soft_wrap=True)
+        raise typer.Exit(exc.exit_code) from None
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted[/]: run the same command again to resume")
+        raise typer.Exit(130) from None
+    deploy = summary["deploy"]
+    console.print(f"bundle:  {deploy.get('bundle_dir', out_dir / 'deploy' / 'bundle')}")
+    console.print(f"summary: {out_dir / 'summary.json'}")
+
+
 def main() -> None:
     """Console-script entry point."""
     app(prog_name="edgedistill")
