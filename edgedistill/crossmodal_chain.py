@@ -66,6 +66,8 @@ def encode_video_teacher(
     *,
     backbone: str = "mobilenet_v2",
     image_size: int = 64,
+    layer: int | None = 11,
+    grid: int = 2,
     batch_size: int = 16,
     progress: Callable[[int], None] | None = None,
 ) -> TeacherEmbeddings:
@@ -79,6 +81,9 @@ def encode_video_teacher(
         cache_dir: Where the memory-mapped embedding cache lives.
         backbone: "mobilenet_v2" or "efficientnet_lite0" (offline ImageNet weights).
         image_size: Frames are resized to this square size before the backbone.
+        layer, grid: MobileNetV2 only: the frame feature is ``features[:layer]`` pooled to a
+            grid x grid layout (None: the final 1280-d globally pooled feature). Mid-level
+            features on a coarse grid keep the camera motion the IMU also sees.
         batch_size: Clips per teacher batch; progress: called with clips done per batch.
     """
     from edgedistill.teachers.video import (
@@ -95,7 +100,12 @@ def encode_video_teacher(
     }
     if backbone not in factories:
         raise DataError(f"video teacher backbone must be one of {sorted(factories)}")
-    teacher = factories[backbone](image_size=image_size, stats=ALL_STATS)
+    if backbone == "mobilenet_v2":
+        teacher = mobilenet_v2_video_teacher(
+            image_size=image_size, stats=ALL_STATS, layer=layer, grid=grid
+        )
+    else:
+        teacher = factories[backbone](image_size=image_size, stats=ALL_STATS)
     values, _ = encode_clips(
         teacher,
         paired.video,

@@ -57,6 +57,10 @@ class VideoTeacherConfig(_Section):
 
     backbone: Literal["mobilenet_v2", "efficientnet_lite0"] = "mobilenet_v2"
     image_size: int = Field(default=64, ge=32)
+    layer: int | None = Field(
+        default=11, ge=1, description="mobilenet_v2: mid-level layer of the frame feature"
+    )
+    grid: int = Field(default=2, ge=1, description="spatial grid the frame feature keeps")
     target_stats: tuple[Literal["mean", "std", "absdiff", "trend"], ...] = (
         "std",
         "absdiff",
@@ -185,7 +189,12 @@ def run_crossmodal(
     x_tr, x_te = norm.apply(train_p.imu), norm.apply(test_p.imu)
     y_tr, y_te = train_p.labels, test_p.labels
     emb = encode_video_teacher(
-        paired, cache, backbone=recipe.teacher.backbone, image_size=recipe.teacher.image_size
+        paired,
+        cache,
+        backbone=recipe.teacher.backbone,
+        image_size=recipe.teacher.image_size,
+        layer=recipe.teacher.layer,
+        grid=recipe.teacher.grid,
     )
     targets = teacher_targets(
         emb, train_idx, stats=tuple(recipe.teacher.target_stats), pca_dim=recipe.teacher.pca_dim

@@ -298,3 +298,16 @@ def test_torchvision_teacher_bad_clips(r3d: tuple[nn.Module, Path]) -> None:
         teacher(torch.zeros(1, 8, 32, 32, 3, dtype=torch.int64))
     with pytest.raises(DataError):
         teacher(torch.zeros(8, 32, 32, 3, dtype=torch.uint8))
+
+
+def test_mid_level_grid_teacher_has_its_own_width_and_cache_identity() -> None:
+    from edgedistill.teachers.video import mobilenet_v2_video_teacher as mnv2
+
+    grid = mnv2(image_size=32, stats=("mean", "absdiff"), layer=14, grid=2)
+    clips = np.random.default_rng(0).integers(0, 255, size=(1, 3, 16, 16, 3), dtype=np.uint8)
+    out = grid(torch.from_numpy(clips))
+    assert out.shape == (1, 96 * 4 * 2)  # features[:14] has 96 channels, 2x2 grid, 2 stats
+    assert grid.transform_spec()["feature"] == "features[:14] average-pooled to 2x2"
+    assert grid.name != mnv2(image_size=32).name
+    with pytest.raises(RecipeError, match="layer must be in"):
+        mnv2(layer=40)
