@@ -8,8 +8,13 @@ __version__ = "0.1.0"
 from edgedistill.bench import environment, latency_summary, measure_latency, percentile
 from edgedistill.compress import prune_channels, quantize_onnx_static
 from edgedistill.config import Recipe, load_recipe
+from edgedistill.crossmodal_recipe import CrossModalRecipe, run_crossmodal
 from edgedistill.data import ImageDataset, Normalization, load_idx_dataset
+from edgedistill.data.paired import PairedWindows
 from edgedistill.distill import KDLoss, TrainSettings, kd_loss, train_student
+from edgedistill.distill.comodo import ComodoLoss, comodo_loss
+from edgedistill.distill.layered import layered_sd_loss
+from edgedistill.distill.objective import LossTermSpec
 from edgedistill.errors import (
     DataError,
     EdgeDistillError,
@@ -20,25 +25,34 @@ from edgedistill.errors import (
     UnsafeFileError,
 )
 from edgedistill.export import check_onnx_file, export_onnx, export_openvino
+from edgedistill.imu_deploy import ImuDeployResult, ImuInputSpec, deploy_imu_classifier
 from edgedistill.metrics import agreement, count_macs, count_params, topk_accuracy
 from edgedistill.pipeline import STAGES, RunContext, run_pipeline
 from edgedistill.runtime import OnnxRuntimeRunner, OpenVinoRunner, Runner, TorchRunner
 from edgedistill.students import STUDENTS, build_model
+from edgedistill.students.multi_exit import MultiExitStudent
 from edgedistill.teachers import FrozenTeacher, load_teacher
 
 __all__ = [
     "STAGES",
     "STUDENTS",
+    "ComodoLoss",
+    "CrossModalRecipe",
     "DataError",
     "EdgeDistillError",
     "FrozenTeacher",
     "GateError",
     "ImageDataset",
+    "ImuDeployResult",
+    "ImuInputSpec",
     "KDLoss",
+    "LossTermSpec",
     "MissingDependencyError",
+    "MultiExitStudent",
     "Normalization",
     "OnnxRuntimeRunner",
     "OpenVinoRunner",
+    "PairedWindows",
     "Recipe",
     "RecipeError",
     "RunContext",
@@ -51,13 +65,16 @@ __all__ = [
     "agreement",
     "build_model",
     "check_onnx_file",
+    "comodo_loss",
     "count_macs",
     "count_params",
+    "deploy_imu_classifier",
     "environment",
     "export_onnx",
     "export_openvino",
     "kd_loss",
     "latency_summary",
+    "layered_sd_loss",
     "load_idx_dataset",
     "load_recipe",
     "load_teacher",
@@ -65,6 +82,7 @@ __all__ = [
     "percentile",
     "prune_channels",
     "quantize_onnx_static",
+    "run_crossmodal",
     "run_pipeline",
     "topk_accuracy",
     "train_student",
