@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -114,6 +115,16 @@ def tiny_recipe_file(tmp_path: Path, tiny_recipe_dict: dict[str, Any]) -> Path:
 
 def dump(obj: Any) -> str:
     return json.dumps(obj, indent=1)
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    """One intra-op thread per test: the models are tiny, and on a busy 2-core machine two
+    threads made a forward pass up to ~100x slower. Restored afterwards."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

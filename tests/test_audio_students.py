@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
 from pathlib import Path
 from typing import cast
 
@@ -24,14 +23,6 @@ SR, N_FFT, HOP, N_MELS = 16000, 512, 160, 40
 T = 4000  # 0.25 s: 22 frames
 FRAMES = 1 + (T - N_FFT) // HOP
 SHAPES = {"wave": (T,), "mel": (1, N_MELS, FRAMES)}
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 # ---- the numpy reference ---------------------------------------------------------------------

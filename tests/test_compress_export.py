@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import itertools
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -30,14 +29,6 @@ from edgedistill.runtime import (
 from edgedistill.students.vision import ConvNet
 
 SHAPE = (1, 12, 12)
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 def orientation_data(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -9,7 +9,6 @@ import io
 import os
 import pickle
 import socket
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, cast
 
@@ -48,14 +47,6 @@ VARIANTS = {
     "tcn": ("imu_tcn", {}),
     "tcn_causal": ("imu_tcn", {"causal": True}),
 }
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ import json
 import re
 import subprocess
 import sys
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,14 +31,6 @@ AMPLITUDES = (0.3, 1.0, 2.5)  # ... with about this amplitude
 NOISE = 0.2
 RATE_HZ, WINDOW_S, T = 50.0, 1.0, 50
 OFFSETS = np.array([0.0, 0.0, 9.81, 0.0, 0.0, 0.0], dtype=np.float32)  # gravity on acc_z
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 def make_windows(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

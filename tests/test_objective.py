@@ -108,15 +108,6 @@ def _data(n: int = 96) -> tuple[torch.Tensor, torch.Tensor]:
     return x, y
 
 
-@pytest.fixture
-def one_thread() -> Any:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.mark.usefixtures("one_thread")
 def test_pskd_training_resumes_bit_identically(tmp_path: Path) -> None:
     x, y = _data()
     settings = TrainSettings(epochs=3, batch_size=32, seed=3, terms=(LossTermSpec("pskd", 1.0),))

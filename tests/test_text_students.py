@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import inspect
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import cast
 
@@ -22,14 +21,6 @@ from edgedistill.students.text import TINY_CONFIGS, ByteTokenizer, TextCNN, Text
 
 L, K = 24, 5
 ARCHS = ["text_cnn", "text_gru"]
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 # ---- the tokenizer ---------------------------------------------------------------------------

@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -22,15 +21,6 @@ from edgedistill.students.vision import ConvNet
 
 N, SIZE, CLASSES = 128, 8, 3
 SETTINGS = TrainSettings(epochs=3, batch_size=32, lr=0.05, seed=7)
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """One intra-op thread: fast for these tiny models on a busy machine; restored afterwards."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 def make_data(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

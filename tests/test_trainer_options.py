@@ -18,14 +18,6 @@ from edgedistill.pipeline import run_pipeline
 from edgedistill.students.vision import ConvNet
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Any:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _data(n: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(0)
     y = torch.randint(0, 3, (n,), generator=g)

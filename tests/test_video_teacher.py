@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,15 +35,6 @@ EXPECTED = {
     "trend": [(4 + 1) / 2 - (0 + 2) / 2, 3.0 - 1.0],
     "max": [4.0, 3.0],
 }
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """One intra-op thread: the test machine's two cores are shared."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 def _clips(n: int, frames: int, size: int, seed: int = 0) -> np.ndarray:
