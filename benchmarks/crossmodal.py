@@ -1,9 +1,10 @@
 """Cross-modal distillation, video -> IMU, without labels: does the IMU student learn activities?
 
-Data: the synthetic paired egocentric set (``edgedistill.data.egocentric``, default config:
-10 subjects x 7 activities x 12 clips of 2 s; video 32x32 at 10 fps, IMU 6-axis at 50 Hz),
+Data: the synthetic paired egocentric set (``edgedistill.data.egocentric``: 10 subjects x 7
+activities x 12 clips of 2 s; video 64x64 at 10 fps, IMU 6-axis at 50 Hz),
 subject-disjoint: subjects 7, 8, 9 held out. Teacher: ImageNet MobileNetV2 per frame at 64 px,
-mid-level features (``features[:11]``, 64 channels) pooled to a 2x2 grid, + temporal statistics; its target for the student is the motion blocks (std, |frame-to-frame
+mid-level features (``features[:11]``, 64 channels) pooled to a 4x4 grid, + temporal
+statistics; its target for the student is the motion blocks (std, |frame-to-frame
 difference|, trend), standardised and PCA-reduced to 128 dimensions on the training clips.
 Student: ``imu_cnn`` (widths 32/64/128), 20 epochs of pre-training without labels.
 
@@ -106,7 +107,7 @@ def main() -> None:
     started = time.perf_counter()
 
     # ---- data and teacher ------------------------------------------------------------------
-    paired = load_or_generate_egocentric(EgocentricConfig(), args.work / "cache")
+    paired = load_or_generate_egocentric(EgocentricConfig(frame_size=64), args.work / "cache")
     held = np.isin(paired.subjects, TEST_SUBJECTS)
     train_idx, test_idx = np.flatnonzero(~held), np.flatnonzero(held)
     norm = ImuNormalization.from_windows(paired.imu[train_idx])

@@ -67,7 +67,7 @@ def encode_video_teacher(
     backbone: str = "mobilenet_v2",
     image_size: int = 64,
     layer: int | None = 11,
-    grid: int = 2,
+    grid: int = 4,
     batch_size: int = 16,
     progress: Callable[[int], None] | None = None,
 ) -> TeacherEmbeddings:

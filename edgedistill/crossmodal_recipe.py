@@ -45,7 +45,7 @@ class PairedDataConfig(_Section):
     stride_s: float = Field(default=2.0, gt=0)
     imu_rate_hz: float = Field(default=50.0, gt=0)
     fps: float = Field(default=10.0, gt=0)
-    frame_size: int = Field(default=32, ge=8)
+    frame_size: int = Field(default=64, ge=8)
     test_subjects: tuple[int, ...] = (7, 8, 9)
     synthetic: dict[str, Any] = Field(
         default_factory=dict, description="EgocentricConfig overrides (source=synthetic)"
@@ -60,7 +60,7 @@ class VideoTeacherConfig(_Section):
     layer: int | None = Field(
         default=11, ge=1, description="mobilenet_v2: mid-level layer of the frame feature"
     )
-    grid: int = Field(default=2, ge=1, description="spatial grid the frame feature keeps")
+    grid: int = Field(default=4, ge=1, description="spatial grid the frame feature keeps")
     target_stats: tuple[Literal["mean", "std", "absdiff", "trend"], ...] = (
         "std",
         "absdiff",

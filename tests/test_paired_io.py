@@ -261,7 +261,9 @@ def test_missing_pyav_names_pip_install(folder: Path, monkeypatch: pytest.Monkey
     (folder / "video").mkdir()
     (folder / "video" / "a.mp4").write_bytes(b"")
     monkeypatch.setitem(sys.modules, "av", None)  # makes `import av` fail
-    with pytest.raises(MissingDependencyError, match=r"'av' package: pip install 'edgedistill\[video\]'"):
+    with pytest.raises(
+        MissingDependencyError, match=r"'av' package: pip install 'edgedistill\[video\]'"
+    ):
         load_paired_folder(folder, **LOAD)
 
 
