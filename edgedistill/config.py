@@ -73,10 +73,31 @@ class DataConfig(_Section):
         return path
 
 
+class TeacherAdaptConfig(_Section):
+    """Adapt a teacher without this task's head: train a head on its frozen features, freeze.
+
+    ``linear_probe`` trains a linear head on the teacher's pooled features (cached);
+    ``finetune`` then also trains the head with the last ``unfreeze_blocks`` of ``blocks``.
+    The adapted teacher's hash (base weights + head) keys every downstream cache.
+    """
+
+    method: Literal["linear_probe", "finetune"] = "linear_probe"
+    epochs: int = Field(default=100, ge=1)
+    lr: float = Field(default=0.01, gt=0)
+    weight_decay: float = Field(default=1e-4, ge=0)
+    blocks: tuple[str, ...] = Field(default=(), description="finetune: ordered block names")
+    unfreeze_blocks: int = Field(default=1, ge=1)
+    finetune_epochs: int = Field(default=3, ge=1)
+    finetune_lr: float = Field(default=1e-4, gt=0)
+
+
 class TeacherConfig(_Section):
     """The frozen teacher, described by a teacher card (YAML) next to its weights."""
 
     card: Path
+    adapt: TeacherAdaptConfig | None = Field(
+        default=None, description="train a head for this task's labels on the frozen teacher"
+    )
 
     @field_validator("card")
     @classmethod

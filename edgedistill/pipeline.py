@@ -99,7 +99,54 @@ class RunContext:
 
     @cached_property
     def teacher_and_card(self) -> tuple[FrozenTeacher, TeacherCard]:
-        return load_teacher(self.recipe.teacher.card)
+        teacher, card = load_teacher(self.recipe.teacher.card)
+        if self.recipe.teacher.adapt is not None:
+            teacher = self._adapted(teacher, card)
+        return teacher, card
+
+    def _adapted(self, teacher: FrozenTeacher, card: TeacherCard) -> FrozenTeacher:
+        """The teacher with a head for this task's labels, trained on its frozen features.
+
+        Cached in ``cache/`` (features memory-mapped, head as safetensors), so a second run
+        neither recomputes features nor retrains the head.
+        """
+        from edgedistill.teachers.adapt import adapt_teacher
+
+        cfg = self.recipe.teacher.adapt
+        assert cfg is not None
+        model = teacher.model
+        if not hasattr(model, "forward_features"):
+            raise StageError(
+                f"teacher.adapt: teacher {card.name} ({card.arch}) has no forward_features(); "
+                "adaptation needs a feature extractor"
+            )
+        spec = (card.raw.get("input") or {}).get("normalization") or {}
+        norm = (
+            Normalization(tuple(spec["mean"]), tuple(spec["std"]))
+            if "mean" in spec and "std" in spec
+            else self.normalization
+        )
+        labelled = self.dataset.y_train >= 0
+        return adapt_teacher(
+            teacher,
+            features_fn=_ForwardFeatures(model),
+            x_train=self.dataset.x_train[labelled],
+            y_train=self.dataset.y_train[labelled],
+            num_classes=len(self.dataset.labels),
+            cache_dir=self.out / "cache",
+            data_key=self.data_sha256,
+            method=cfg.method,
+            transform=norm.apply,
+            transform_key={"normalization": norm.as_dict()},
+            epochs=cfg.epochs,
+            lr=cfg.lr,
+            weight_decay=cfg.weight_decay,
+            seed=self.recipe.seed,
+            blocks=cfg.blocks,
+            unfreeze_blocks=cfg.unfreeze_blocks,
+            finetune_epochs=cfg.finetune_epochs,
+            finetune_lr=cfg.finetune_lr,
+        )
 
     @property
     def teacher(self) -> FrozenTeacher:
@@ -237,6 +284,18 @@ class RunContext:
             if not path.is_file() or sha256_file(path) != digest:
                 return False
         return True
+
+
+class _ForwardFeatures(torch.nn.Module):
+    """A module whose forward is ``model.forward_features`` (pooled features [B, D])."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.model.forward_features(x)  # type: ignore[operator]
+        return out
 
 
 def _headline(metrics: dict[str, Any]) -> str:

@@ -266,3 +266,31 @@ def test_imagenet_mobilenet_v2_probe_on_bright_vs_dark(tmp_path: Path) -> None:
     assert adapted.base_sha256 == teacher.weights_sha256 != adapted.weights_sha256
     logits = adapted(transform(images[24:]))
     assert logits.shape == (16, 2) and (logits.argmax(1).numpy() == labels[24:]).mean() > 0.9
+
+
+def test_recipe_teacher_adapt_trains_a_head_once_and_keys_caches_by_it(
+    tiny_recipe_dict: dict[str, Any], tmp_path: Path
+) -> None:
+    """A recipe stage: the teacher's head is replaced by a probe trained on its features."""
+    import yaml
+
+    from edgedistill.config import load_recipe
+    from edgedistill.pipeline import run_pipeline
+    from edgedistill.teachers import load_teacher
+
+    recipe = dict(tiny_recipe_dict)
+    recipe["teacher"] = {**recipe["teacher"], "adapt": {"method": "linear_probe", "epochs": 30}}
+    path = tmp_path / "adapt.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    ctx = run_pipeline(load_recipe(path), tmp_path / "run", until="distill")
+    base, _ = load_teacher(Path(recipe["teacher"]["card"]))
+    assert isinstance(ctx.teacher, AdaptedTeacher)
+    assert ctx.teacher.base_sha256 == base.weights_sha256 != ctx.teacher.weights_sha256
+    assert ctx.manifests["distill"]["inputs"]["teacher"] == ctx.teacher.weights_sha256
+    assert ctx.manifests["distill"]["metrics"]["teacher_top1"] > 60  # a probe on good features
+    heads = list((tmp_path / "run" / "cache").glob("*.safetensors"))
+    assert len(heads) == 1
+    stamp = heads[0].stat().st_mtime_ns
+    again = run_pipeline(load_recipe(path), tmp_path / "run", until="distill")
+    assert again.skipped == ["distill"]
+    assert heads[0].stat().st_mtime_ns == stamp  # the head was loaded, not retrained
