@@ -17,14 +17,13 @@ from edgedistill.teachers.base import FrozenTeacher
 from edgedistill.teachers.video import (
     DEFAULT_STATS,
     TEMPORAL_STATS,
-    VIDEO_ARCHS,
     FrameTeacher,
     efficientnet_lite0_video_teacher,
     encode_clips,
     mobilenet_v2_video_teacher,
     temporal_pool,
-    torchvision_video_teacher,
 )
+from edgedistill.teachers.video_models import VIDEO_ARCHS, torchvision_video_teacher
 
 # One clip, 4 frames, 2 features: f[:, 0] = 0, 2, 4, 1 and f[:, 1] = 1, 1, 3, 3.
 FEATURES = torch.tensor([[[0.0, 1.0], [2.0, 1.0], [4.0, 3.0], [1.0, 3.0]]])
