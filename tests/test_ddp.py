@@ -29,9 +29,13 @@ def _free_port() -> int:
 
 def _run(command: list[str], tmp_path: Path) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(
-        command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240
-    )
+    try:
+        done = subprocess.run(
+            command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240
+        )
+    except subprocess.TimeoutExpired as exc:
+        tail = (exc.stderr or b"")[-3000:]
+        raise AssertionError(f"timed out: {tail!r}") from None
     assert done.returncode == 0, done.stderr[-3000:]
 
 
