@@ -27,14 +27,16 @@ class DataError(EdgeDistillError):
 
 
 class MissingDependencyError(EdgeDistillError):
-    """An optional dependency (an extra) is needed but not installed."""
+    """An optional dependency (an extra) is needed but not installed.
+
+    ``hint`` adds a direct install command (e.g. a ``--no-deps`` install) after the extra.
+    """
 
     exit_code = 4
 
-    def __init__(self, package: str, extra: str, purpose: str) -> None:
-        super().__init__(
-            f"{purpose} needs the '{package}' package: pip install 'edgedistill[{extra}]'"
-        )
+    def __init__(self, package: str, extra: str, purpose: str, hint: str | None = None) -> None:
+        message = f"{purpose} needs the '{package}' package: pip install 'edgedistill[{extra}]'"
+        super().__init__(f"{message} (or: {hint})" if hint else message)
         self.package = package
         self.extra = extra
 

@@ -11,10 +11,12 @@ import importlib
 import importlib.util
 import pickle
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import numpy as np
 
+from edgedistill.artifacts import sha256_file
 from edgedistill.errors import DataError, MissingDependencyError, UnsafeFileError
 
 _ALLOWED_GLOBALS = {
@@ -48,6 +50,48 @@ def package_file(package: str, *candidates: str, extra: str, purpose: str) -> Pa
                 raise UnsafeFileError(f"{path} resolves outside the {package} package; refused")
             return path
     raise DataError(f"the installed {package} package ({root}) has none of {list(candidates)}")
+
+
+def import_optional(
+    module: str, *, package: str, extra: str, purpose: str, hint: str | None = None
+) -> ModuleType:
+    """Import an optional module, or raise :class:`MissingDependencyError` naming its package.
+
+    Args:
+        module: Module to import, e.g. "PIL.Image".
+        package: The pip package that provides it; extra: the edgedistill extra that brings
+            it; purpose: what it is needed for; hint: a direct install command, if any.
+    """
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise MissingDependencyError(package, extra, purpose, hint) from None
+
+
+def pinned_package_file(
+    module: str,
+    relative: str,
+    sha256: str,
+    *,
+    package: str,
+    extra: str,
+    purpose: str,
+    hint: str | None = None,
+) -> Path:
+    """A weights file inside an installed (never imported) package, checked against a pin.
+
+    Raises:
+        MissingDependencyError: ``package`` (providing ``module``) is not installed.
+        UnsafeFileError: the file's sha256 is not ``sha256``.
+    """
+    try:
+        path = package_file(module, relative, extra=extra, purpose=purpose)
+    except MissingDependencyError:
+        raise MissingDependencyError(package, extra, purpose, hint) from None
+    actual = sha256_file(path)
+    if actual != sha256:
+        raise UnsafeFileError(f"{path}: sha256 {actual[:12]}… is not the pinned {sha256[:12]}…")
+    return path
 
 
 class NumpyOnlyUnpickler(pickle.Unpickler):

@@ -9,7 +9,6 @@ with PyAV), mono PCM16 WAV audio, and the small CSV helpers; every problem is a 
 from __future__ import annotations
 
 import csv
-import importlib
 import math
 import wave
 from collections.abc import Callable, Sequence
@@ -19,8 +18,9 @@ from typing import Any
 
 import numpy as np
 
+from edgedistill.data.packaged import import_optional
 from edgedistill.data.paired import IMU_CHANNELS_6AXIS
-from edgedistill.errors import DataError, MissingDependencyError
+from edgedistill.errors import DataError
 
 # IMU CSV timestamp columns in order of preference, with their factor to seconds.
 _TIME_COLUMNS = {"timestamp_s": 1.0, "canonical_timestamp_ms": 1e-3, "timestamp_ms": 1e-3}
@@ -279,8 +279,5 @@ def _check_name(name: str, where: str) -> None:
 
 
 def _import(module: str, package: str, purpose: str) -> Any:
-    """Import an optional module, or raise MissingDependencyError naming ``pip install``."""
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        raise MissingDependencyError(package, "video", purpose) from None
+    """Import an optional module of the ``video`` extra."""
+    return import_optional(module, package=package, extra="video", purpose=purpose)

@@ -25,7 +25,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from edgedistill.errors import MissingDependencyError, RecipeError, StageError
+from edgedistill.data.packaged import import_optional
+from edgedistill.errors import RecipeError, StageError
 from edgedistill.students.base import STUDENTS
 
 _CONV = (nn.Conv1d, nn.Conv2d)
@@ -36,13 +37,9 @@ _NORM = (nn.BatchNorm1d, nn.BatchNorm2d, nn.GroupNorm, nn.LayerNorm)
 
 def import_timm() -> ModuleType:
     """Import timm, or raise :class:`MissingDependencyError` naming how to install it."""
-    try:
-        import timm
-    except ImportError:
-        error = MissingDependencyError("timm", "vision", "timm students")
-        error.args = (f"{error} (or: pip install timm)",)
-        raise error from None
-    return timm
+    return import_optional(
+        "timm", package="timm", extra="vision", purpose="timm students", hint="pip install timm"
+    )
 
 
 def _layer_widths(model: nn.Module) -> dict[str, list[int]]:

@@ -18,7 +18,6 @@ order (:func:`imagenet_labels`).
 
 from __future__ import annotations
 
-import importlib
 import pickle
 from pathlib import Path
 from types import ModuleType
@@ -31,9 +30,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
-from edgedistill.artifacts import sha256_file
-from edgedistill.data.packaged import package_file
-from edgedistill.errors import MissingDependencyError, RecipeError, UnsafeFileError
+from edgedistill.data.packaged import import_optional, pinned_package_file
+from edgedistill.errors import RecipeError, UnsafeFileError
 from edgedistill.teachers.base import FrozenTeacher
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
@@ -59,20 +57,9 @@ _WEIGHTS: dict[str, tuple[str, str, str, str, str]] = {
 }
 
 
-def _missing(package: str, purpose: str, hint: str | None = None) -> MissingDependencyError:
-    """A MissingDependencyError for the ``vision`` extra, optionally with a direct pip hint."""
-    error = MissingDependencyError(package, EXTRA, purpose)
-    if hint:
-        error.args = (f"{error} (or: {hint})",)
-    return error
-
-
 def _import(module: str, package: str, purpose: str) -> ModuleType:
-    """Import an optional module, or raise MissingDependencyError naming its pip package."""
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        raise _missing(package, purpose) from None
+    """Import an optional module of the ``vision`` extra."""
+    return import_optional(module, package=package, extra=EXTRA, purpose=purpose)
 
 
 def imagenet_weights(name: Literal["mobilenet_v2", "efficientnet_lite0"]) -> tuple[Path, str]:
@@ -88,13 +75,9 @@ def imagenet_weights(name: Literal["mobilenet_v2", "efficientnet_lite0"]) -> tup
     """
     module, package, relative, digest, hint = _WEIGHTS[name]
     purpose = f"the ImageNet {name} teacher"
-    try:
-        path = package_file(module, relative, extra=EXTRA, purpose=purpose)
-    except MissingDependencyError:
-        raise _missing(package, purpose, hint) from None
-    actual = sha256_file(path)
-    if actual != digest:
-        raise UnsafeFileError(f"{path}: sha256 {actual[:12]}… is not the pinned {digest[:12]}…")
+    path = pinned_package_file(
+        module, relative, digest, package=package, extra=EXTRA, purpose=purpose, hint=hint
+    )
     return path, digest
 
 

