@@ -108,8 +108,7 @@ def main() -> None:
 
     # ---- data and teacher ------------------------------------------------------------------
     paired = load_or_generate_egocentric(EgocentricConfig(frame_size=64), args.work / "cache")
-    held = np.isin(paired.subjects, TEST_SUBJECTS)
-    train_idx, test_idx = np.flatnonzero(~held), np.flatnonzero(held)
+    train_idx, test_idx = paired.subject_split(TEST_SUBJECTS)
     norm = ImuNormalization.from_windows(paired.imu[train_idx])
     x_all = norm.apply(paired.imu)
     x_tr, x_te = x_all[train_idx], x_all[test_idx]

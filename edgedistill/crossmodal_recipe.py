@@ -176,9 +176,8 @@ def run_crossmodal(
     out.mkdir(parents=True, exist_ok=True)
     cache = out / "cache"
     paired = load_paired(recipe, cache)
-    train_p, test_p = paired.split_subjects(recipe.data.test_subjects)
-    held = np.isin(paired.subjects, np.asarray(recipe.data.test_subjects))
-    train_idx = np.flatnonzero(~held)
+    train_idx, test_idx = paired.subject_split(recipe.data.test_subjects)
+    train_p, test_p = paired.subset(train_idx), paired.subset(test_idx)
     console.print(
         f"paired data: {len(train_p)} training / {len(test_p)} held-out windows, "
         f"{len(paired.classes)} classes ({paired.source})"
@@ -199,9 +198,7 @@ def run_crossmodal(
     targets = teacher_targets(
         emb, train_idx, stats=tuple(recipe.teacher.target_stats), pca_dim=recipe.teacher.pca_dim
     )[train_idx]
-    teacher_probe = linear_probe(
-        emb.values[train_idx], y_tr, emb.values[np.flatnonzero(held)], y_te
-    ).accuracy
+    teacher_probe = linear_probe(emb.values[train_idx], y_tr, emb.values[test_idx], y_te).accuracy
     console.print(f"teacher linear probe (held-out subjects): {teacher_probe:.1f}%")
 
     config = {"in_channels": paired.imu.shape[1], "num_classes": len(paired.classes)}

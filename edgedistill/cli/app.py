@@ -9,6 +9,8 @@ shows the traceback.
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -41,6 +43,21 @@ TargetOpt = Annotated[
 ]
 
 
+@contextmanager
+def _user_errors(debug: bool) -> Iterator[None]:
+    """Errors of ours become one line and their exit code (traceback with ``--debug``)."""
+    try:
+        yield
+    except EdgeDistillError as exc:
+        if debug:
+            raise
+        console.print("[red]error:[/]", escape(str(exc)), highlight=False, soft_wrap=True)
+        raise typer.Exit(exc.exit_code) from None
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted[/]: run the same command again to resume")
+        raise typer.Exit(130) from None
+
+
 def _execute(
     recipe_path: Path,
     out: Path | None,
@@ -57,21 +74,13 @@ def _execute(
     ddp = init_from_environment()
     if not ddp.is_main:
         console.quiet = True
-    try:
+    with _user_errors(debug):
         recipe = load_recipe(recipe_path, target=target)
         out_dir = out or Path("runs") / recipe.name
         console.print(
             f"[bold]edgedistill[/] {until}: recipe [cyan]{recipe_path}[/] → [cyan]{out_dir}[/]"
         )
         ctx = run_pipeline(recipe, out_dir, until=until, console=console, force=force)
-    except EdgeDistillError as exc:
-        if debug:
-            raise
-        console.print("[red]error:[/]", escape(str(exc)), highlight=False, soft_wrap=True)
-        raise typer.Exit(exc.exit_code) from None
-    except KeyboardInterrupt:
-        console.print("[yellow]interrupted[/]: run the same command again to resume")
-        raise typer.Exit(130) from None
     if until == "report" and ddp.is_main:
         _print_summary(ctx.out)
 
@@ -144,13 +153,8 @@ def validate(recipe: RecipeArg, target: TargetOpt = None, debug: DebugOpt = Fals
     """Validate a recipe (and target profile) without running anything."""
     from edgedistill.config import load_recipe
 
-    try:
+    with _user_errors(debug):
         parsed = load_recipe(recipe, target=target)
-    except EdgeDistillError as exc:
-        if debug:
-            raise
-        console.print("[red]error:[/]", escape(str(exc)), highlight=False, soft_wrap=True)
-        raise typer.Exit(exc.exit_code) from None
     console.print(f"[green]ok[/]: {escape(str(recipe))} (recipe '{escape(parsed.name)}')")
 
 
@@ -159,21 +163,13 @@ def crossmodal(recipe: RecipeArg, out: OutOpt = None, debug: DebugOpt = False) -
     """Video teacher → IMU student without labels (COMODO), then prune/INT8/verify/bundle."""
     from edgedistill.crossmodal_recipe import CrossModalRecipe, run_crossmodal
 
-    try:
+    with _user_errors(debug):
         parsed = CrossModalRecipe.load(recipe)
         out_dir = out or Path("runs") / parsed.name
         console.print(f"[bold]edgedistill[/] crossmodal: [cyan]{recipe}[/] → [cyan]{out_dir}[/]")
         summary = run_crossmodal(parsed, out_dir, console=console)
-    except EdgeDistillError as exc:
-        if debug:
-            raise
-        console.print("[red]error:[/]", escape(str(exc)), highlight=False, soft_wrap=True)
-        raise typer.Exit(exc.exit_code) from None
-    except KeyboardInterrupt:
-        console.print("[yellow]interrupted[/]: run the same command again to resume")
-        raise typer.Exit(130) from None
     deploy = summary["deploy"]
-    console.print(f"bundle:  {deploy.get('bundle_dir', out_dir / 'deploy' / 'bundle')}")
+    console.print(f"bundle:  {deploy['bundle_dir']}")
     console.print(f"summary: {out_dir / 'summary.json'}")
 
 

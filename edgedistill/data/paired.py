@@ -116,14 +116,19 @@ class PairedWindows:
             extra=dict(self.extra),
         )
 
-    def split_subjects(self, test_subjects: tuple[int, ...]) -> tuple[PairedWindows, PairedWindows]:
-        """(train, test) with the windows of ``test_subjects`` held out (subject-disjoint)."""
+    def subject_split(self, test_subjects: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+        """(train, test) window indices with ``test_subjects`` held out (subject-disjoint)."""
         held = np.isin(self.subjects, np.asarray(test_subjects))
         if not held.any():
             raise DataError(f"no windows of test subjects {test_subjects} in {self.source!r}")
         if held.all():
             raise DataError("every window belongs to a test subject; nothing left to train on")
-        return self.subset(~held), self.subset(held)
+        return np.flatnonzero(~held), np.flatnonzero(held)
+
+    def split_subjects(self, test_subjects: tuple[int, ...]) -> tuple[PairedWindows, PairedWindows]:
+        """(train, test) windows with ``test_subjects`` held out (see :meth:`subject_split`)."""
+        train, test = self.subject_split(test_subjects)
+        return self.subset(train), self.subset(test)
 
     def fingerprint(self) -> str:
         """sha256 of every stream's bytes plus the metadata (a cache key part)."""
