@@ -31,17 +31,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edgedistill.distill.infonce import EmbeddingQueue
+from edgedistill.distill.infonce import EmbeddingQueue, check_embedding_pair
 
 
 def _check_temperature(name: str, value: float) -> None:
     if value <= 0:
         raise ValueError(f"{name} must be > 0, got {value}")
-
-
-def _check_2d(name: str, x: torch.Tensor) -> None:
-    if x.dim() != 2:
-        raise ValueError(f"{name} must be 2-D [N, D], got shape {tuple(x.shape)}")
 
 
 def comodo_loss(
@@ -71,16 +66,9 @@ def comodo_loss(
     """
     _check_temperature("teacher_temperature", teacher_temperature)
     _check_temperature("student_temperature", student_temperature)
-    _check_2d("student_emb", student_emb)
-    _check_2d("teacher_emb", teacher_emb)
-    _check_2d("queue", queue)
-    if student_emb.shape != teacher_emb.shape:
-        raise ValueError(
-            f"student embeddings {tuple(student_emb.shape)} and teacher embeddings "
-            f"{tuple(teacher_emb.shape)} differ in shape (project the student first)"
-        )
-    if student_emb.shape[0] == 0:
-        raise ValueError("COMODO needs a non-empty batch")
+    check_embedding_pair(student_emb, teacher_emb, "COMODO")
+    if queue.dim() != 2:
+        raise ValueError(f"queue must be 2-D [Q, D], got shape {tuple(queue.shape)}")
     if queue.shape[1] != teacher_emb.shape[1]:
         raise ValueError(
             f"queue has dimension {queue.shape[1]}, embeddings have {teacher_emb.shape[1]}"

@@ -26,6 +26,19 @@ def _check_2d(name: str, x: torch.Tensor) -> None:
         raise ValueError(f"{name} must be 2-D [N, D], got shape {tuple(x.shape)}")
 
 
+def check_embedding_pair(student_emb: torch.Tensor, teacher_emb: torch.Tensor, loss: str) -> None:
+    """Raise ValueError unless both are non-empty [B, D] tensors of one shape (row = pair)."""
+    _check_2d("student_emb", student_emb)
+    _check_2d("teacher_emb", teacher_emb)
+    if student_emb.shape != teacher_emb.shape:
+        raise ValueError(
+            f"student embeddings {tuple(student_emb.shape)} and teacher embeddings "
+            f"{tuple(teacher_emb.shape)} differ in shape (project the student first)"
+        )
+    if student_emb.shape[0] == 0:
+        raise ValueError(f"{loss} needs a non-empty batch")
+
+
 def info_nce_loss(
     student_emb: torch.Tensor,
     teacher_emb: torch.Tensor,
@@ -50,15 +63,7 @@ def info_nce_loss(
     """
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
-    _check_2d("student_emb", student_emb)
-    _check_2d("teacher_emb", teacher_emb)
-    if student_emb.shape != teacher_emb.shape:
-        raise ValueError(
-            f"student embeddings {tuple(student_emb.shape)} and teacher embeddings "
-            f"{tuple(teacher_emb.shape)} differ in shape"
-        )
-    if student_emb.shape[0] == 0:
-        raise ValueError("InfoNCE needs a non-empty batch")
+    check_embedding_pair(student_emb, teacher_emb, "InfoNCE")
     s = F.normalize(student_emb, dim=-1)
     t = F.normalize(teacher_emb.detach(), dim=-1)
     in_batch = s @ t.T / temperature  # [B, B], positives on the diagonal

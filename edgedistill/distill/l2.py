@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from edgedistill.distill.infonce import check_embedding_pair
+
 
 def normalized_l2_loss(student_emb: torch.Tensor, teacher_emb: torch.Tensor) -> torch.Tensor:
     """Squared distance between L2-normalised student and teacher embeddings.
@@ -29,16 +31,7 @@ def normalized_l2_loss(student_emb: torch.Tensor, teacher_emb: torch.Tensor) -> 
         student row is a positive multiple of its teacher row. A zero row is normalised to zero
         (``F.normalize`` clamps the norm at 1e-12), which gives that row a loss of 1.
     """
-    for name, x in (("student_emb", student_emb), ("teacher_emb", teacher_emb)):
-        if x.dim() != 2:
-            raise ValueError(f"{name} must be 2-D [B, D], got shape {tuple(x.shape)}")
-    if student_emb.shape != teacher_emb.shape:
-        raise ValueError(
-            f"student embeddings {tuple(student_emb.shape)} and teacher embeddings "
-            f"{tuple(teacher_emb.shape)} differ in shape"
-        )
-    if student_emb.shape[0] == 0:
-        raise ValueError("normalized_l2_loss needs a non-empty batch")
+    check_embedding_pair(student_emb, teacher_emb, "normalized_l2_loss")
     s = F.normalize(student_emb, dim=-1)
     t = F.normalize(teacher_emb.detach(), dim=-1)
     return (s - t).pow(2).sum(dim=-1).mean()
