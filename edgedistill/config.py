@@ -303,7 +303,8 @@ class Recipe(_Section):
 TARGET_SECTIONS = ("export", "profile", "quantize", "gates")
 
 
-def _read_yaml(path: Path, what: str) -> Any:
+def read_yaml(path: Path, what: str) -> Any:
+    """Parse a YAML file; a missing file or bad YAML is a one-line :class:`RecipeError`."""
     if not path.is_file():
         raise RecipeError(f"{what} file '{path}' does not exist")
     try:
@@ -323,10 +324,10 @@ def load_recipe(path: str | Path, *, target: str | Path | None = None) -> Recipe
             ``quantize`` and ``gates`` sections override the recipe's, key by key.
     """
     path = Path(path)
-    raw = _read_yaml(path, "recipe")
+    raw = read_yaml(path, "recipe")
     if target is not None:
         target = Path(target)
-        overlay = _read_yaml(target, "target profile")
+        overlay = read_yaml(target, "target profile")
         if not isinstance(overlay, dict):
             raise RecipeError(f"{target}: expected a mapping of sections")
         for key, section in overlay.items():

@@ -17,12 +17,17 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-import yaml
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, ValidationInfo, field_validator
 from rich.console import Console
 
 from edgedistill.artifacts import atomic_save, atomic_write_json, read_json, sha256_json
-from edgedistill.config import LossTerm, _Section, describe_validation_error
+from edgedistill.config import (
+    LossTerm,
+    _resolve,
+    _Section,
+    describe_validation_error,
+    read_yaml,
+)
 from edgedistill.crossmodal_chain import (
     build_imu_student,
     encode_video_teacher,
@@ -41,6 +46,12 @@ class PairedDataConfig(_Section):
 
     source: Literal["synthetic", "folder"] = "synthetic"
     folder: Path | None = Field(default=None, description="paired_io layout root (source=folder)")
+
+    @field_validator("folder")
+    @classmethod
+    def _relative_to_recipe(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        return None if value is None else _resolve(value, info)
+
     window_s: float = Field(default=2.0, gt=0)
     stride_s: float = Field(default=2.0, gt=0)
     imu_rate_hz: float = Field(default=50.0, gt=0)
@@ -113,17 +124,11 @@ class CrossModalRecipe(_Section):
     @classmethod
     def load(cls, path: Path) -> CrossModalRecipe:
         """Parse and validate a YAML recipe; errors name the field, value and what is allowed."""
-        try:
-            raw = yaml.safe_load(Path(path).read_text())
-        except (OSError, yaml.YAMLError) as exc:
-            raise RecipeError(f"{path}: cannot read: {exc}") from None
+        raw = read_yaml(Path(path), "cross-modal recipe")
         if not isinstance(raw, dict):
             raise RecipeError(f"{path}: expected a mapping of sections")
-        folder = (raw.get("data") or {}).get("folder")
-        if folder is not None and not Path(folder).is_absolute():
-            raw["data"]["folder"] = str(Path(path).resolve().parent / folder)
-        try:
-            recipe = cls.model_validate(raw)
+        try:  # relative paths (data.folder) resolve against the recipe's folder
+            recipe = cls.model_validate(raw, context={"base_dir": Path(path).resolve().parent})
         except ValidationError as exc:
             raise RecipeError(f"{path}: {describe_validation_error(exc, cls)}") from None
         if recipe.pretrain.term.name not in ("comodo", "infonce", "l2"):

@@ -87,3 +87,13 @@ def test_bad_recipes_fail_with_one_line(tmp_path: Path, patch: dict, message: st
     path.write_text(yaml.safe_dump(raw))
     with pytest.raises(RecipeError, match=message):
         CrossModalRecipe.load(path)
+
+
+def test_relative_data_folder_resolves_next_to_the_recipe(tmp_path: Path) -> None:
+    (tmp_path / "recipes").mkdir()
+    path = tmp_path / "recipes" / "r.yaml"
+    path.write_text(yaml.safe_dump({**TINY, "data": {"source": "folder", "folder": "../paired"}}))
+    assert CrossModalRecipe.load(path).data.folder == (tmp_path / "paired").resolve()
+    path.write_text("name: [unclosed")
+    with pytest.raises(RecipeError, match="not valid YAML"):
+        CrossModalRecipe.load(path)
