@@ -23,6 +23,7 @@ from edgedistill.deploy import stage_export, stage_profile, stage_quantize, stag
 from edgedistill.distill.layered import NUM_IMAGE_TRANSFORMS, NUM_IMU_TRANSFORMS
 from edgedistill.distill.objective import TEACHER_TERMS, LossTermSpec
 from edgedistill.distill.trainer import TrainSettings, train_student
+from edgedistill.early_exits import exit_logits
 from edgedistill.errors import RecipeError
 from edgedistill.metrics import count_macs, count_params, predict_logits, topk_accuracy
 from edgedistill.pipeline import RunContext, StageOutcome
@@ -247,9 +248,10 @@ def stage_distill(ctx: RunContext) -> dict[str, Any]:
         extra: dict[str, Any] = {}
         exit_outputs: list[str] = []
         if isinstance(trained, MultiExitStudent):
-            extra = {"exit_top1": _exit_accuracies(trained, ctx.x_test, ctx.y_test)}
+            logits = exit_logits(trained, ctx.x_test)  # torch, every exit, test split
+            extra = {"exit_top1": [round(topk_accuracy(z, ctx.y_test), 2) for z in logits]}
             if recipe.student.early_exits:
-                extra["exits"], exit_outputs = _early_exit_report(ctx, trained, stage_dir)
+                extra["exits"], exit_outputs = _early_exit_report(ctx, trained, stage_dir, logits)
             student = trained.plain_student()
         outputs = save_model(student, recipe.student.arch, stage_dir, "student")
         atomic_write_json(stage_dir / "normalization.json", ctx.normalization.as_dict())
@@ -271,25 +273,13 @@ def stage_distill(ctx: RunContext) -> dict[str, Any]:
     return ctx.run_stage("distill", inputs, body)
 
 
-def _exit_accuracies(model: MultiExitStudent, x: torch.Tensor, y: np.ndarray) -> list[float]:
-    """Top-1 (%) of every exit on the test split, shallow -> deep."""
-    deploy = model.to_deploy(keep_exits=True)
-    outs: list[list[torch.Tensor]] = [[] for _ in range(model.num_exits)]
-    with torch.inference_mode():
-        for start in range(0, len(x), 1000):
-            for i, logits in enumerate(deploy(x[start : start + 1000])):
-                outs[i].append(logits)
-    return [round(topk_accuracy(torch.cat(o).numpy(), y), 2) for o in outs]
-
-
 def _early_exit_report(
-    ctx: RunContext, model: MultiExitStudent, stage_dir: Path
+    ctx: RunContext, model: MultiExitStudent, stage_dir: Path, logits: list[np.ndarray]
 ) -> tuple[list[dict[str, Any]], list[str]]:
     """Export every exit, verify each against torch (gate), profile each; write the report."""
     from edgedistill.early_exits import (
         cascade_table,
         evaluate_exits,
-        exit_logits,
         exit_report_markdown,
         write_exit_report,
     )
@@ -309,7 +299,7 @@ def _early_exit_report(
         tolerance=ctx.recipe.gates.fp32_max_abs_diff,
     )
     cascade = cascade_table(
-        exit_logits(model, ctx.x_test),
+        logits,
         ctx.y_test,
         [r.cascade_macs for r in reports],
         baseline_macs=reports[-1].macs,
