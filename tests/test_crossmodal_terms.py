@@ -105,3 +105,12 @@ def test_crossmodal_needs_teacher_embeddings_and_sane_dims() -> None:
     with pytest.raises(ValueError, match="positive"):
         ProjectionHead(0, 4)
     assert ProjectionHead(4, 7)(torch.zeros(3, 4)).shape == (3, 7)
+
+
+def test_crossmodal_with_fitnets_or_layered_is_refused_up_front() -> None:
+    from edgedistill.distill.objective import Objective
+
+    fitnets = LossTermSpec("fitnets", 1.0, teacher_tap="stages.1")
+    for other in (fitnets, LossTermSpec("layered", 1.0)):
+        with pytest.raises(ValueError, match="cannot be combined"):
+            Objective((LossTermSpec("l2", 1.0), other), num_samples=4, num_classes=3)

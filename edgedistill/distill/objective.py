@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -133,16 +134,22 @@ class Objective:
         self.memory = (
             PredictionMemory(num_samples, num_classes, memory_path) if "pskd" in names else None
         )
-        # FitNets' regressors: trained with the student, dropped after distillation.
+        # Trainable parts some terms own (FitNets' regressors, cross-modal projection heads and
+        # queues): trained with the student, dropped after distillation.
         self.adapters = nn.ModuleDict()
+        active = [t for t in terms if t.weight > 0]
+        self.layered = next((t for t in terms if t.name == "layered"), None)
+        self.fitnets = tuple(t for t in active if t.name == "fitnets")
+        self.crossmodal = tuple(t for t in active if t.name in CROSSMODAL_TERMS)
+        self.needs_logits = any(t.name not in MODEL_TERMS for t in active)
+        if self.crossmodal and (self.fitnets or self.layered):
+            raise ValueError("cross-modal terms cannot be combined with fitnets or layered")
 
     @property
     def teacher_taps(self) -> list[str]:
         """Teacher features (besides logits) that some term reads."""
-        taps = [t.teacher_tap for t in self.terms if t.name == "fitnets" and t.weight > 0]
-        if any(t.name in CROSSMODAL_TERMS and t.weight > 0 for t in self.terms):
-            taps.append(EMBEDDING_KEY)
-        return taps
+        taps = [t.teacher_tap for t in self.fitnets]
+        return [*taps, EMBEDDING_KEY] if self.crossmodal else taps
 
     def setup(
         self, model: nn.Module, sample: torch.Tensor, teacher_features: Mapping[str, object]
@@ -154,19 +161,12 @@ class Objective:
             sample: A few training inputs [b, ...] to learn the student's feature shapes.
             teacher_features: tap name -> [N, ...] cached teacher features.
         """
-        for term in self.terms:
-            if term.name in CROSSMODAL_TERMS and term.weight > 0:
-                self.adapters[term.name] = _crossmodal_module(term, model, sample, teacher_features)
-                continue
-            if term.name != "fitnets" or term.weight == 0:
-                continue
+        for term in self.crossmodal:
+            self.adapters[term.name] = _crossmodal_module(term, model, sample, teacher_features)
+        for term in self.fitnets:
             if term.teacher_tap not in teacher_features:
                 raise ValueError(f"fitnets needs the cached teacher feature '{term.teacher_tap}'")
-            was_training = model.training
-            model.eval()  # a shape probe must not move batch-norm statistics
-            with torch.no_grad():
-                _, feats = model.forward_intermediates(sample[:2])  # type: ignore[operator]
-            model.train(was_training)
+            _, feats = _shape_probe(model, "forward_intermediates", sample)
             try:
                 student = feats[term.student_stage]
             except IndexError:
@@ -204,32 +204,27 @@ class Objective:
             teacher: "logits" -> [B, K] and tap name -> [B, ...] cached teacher outputs.
             epoch, total_epochs: Schedule position.
         """
-        names = {t.name: t for t in self.terms}
         feats: list[torch.Tensor] = []
         extra = x.new_zeros(())
         parts: dict[str, float] = {}
-        layered = names.get("layered")
-        if layered is not None:
-            logits, value = _layered_term(net, x, targets, layered, epoch, total_epochs)
+        if self.layered is not None:
+            logits, value = _layered_term(net, x, targets, self.layered, epoch, total_epochs)
             parts["layered"] = value.item()
-            extra = extra + layered.weight_at(epoch) * value
-        elif any(t.name in CROSSMODAL_TERMS and t.weight > 0 for t in self.terms):
+            extra = extra + self.layered.weight_at(epoch) * value
+        elif self.crossmodal:
             pooled = net(x, "features")
-            for term in self.terms:
-                if term.name in CROSSMODAL_TERMS and term.weight > 0:
-                    value = self.adapters[term.name](pooled, teacher[EMBEDDING_KEY])
-                    parts[term.name] = value.item()
-                    extra = extra + term.weight_at(epoch) * value
-            if not any(t.name not in MODEL_TERMS and t.weight > 0 for t in self.terms):
+            for term in self.crossmodal:
+                value = self.adapters[term.name](pooled, teacher[EMBEDDING_KEY])
+                parts[term.name] = value.item()
+                extra = extra + term.weight_at(epoch) * value
+            if not self.needs_logits:
                 return extra, parts  # pure pre-training: no logit term to compute
             logits = net(x)
-        elif self.adapters:
+        elif self.fitnets:
             logits, feats = net(x, "intermediates")
         else:
             logits = net(x)
-        for term in self.terms:
-            if term.name != "fitnets" or term.weight == 0:
-                continue
+        for term in self.fitnets:
             adapter = self.adapters[term.teacher_tap.replace(".", "_")]
             value = hint_loss(adapter(feats[term.student_stage]), teacher[term.teacher_tap])
             parts["fitnets"] = value.item()
@@ -316,6 +311,18 @@ class Objective:
             self.memory.update(torch.arange(probs.shape[0]), probs)
 
 
+def _shape_probe(model: nn.Module, method: str, sample: torch.Tensor) -> Any:
+    """``model.<method>(sample[:2])`` in eval mode without gradients, to learn output shapes;
+    a shape probe must not move batch-norm statistics, so the mode is restored afterwards."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            return getattr(model, method)(sample[:2])
+    finally:
+        model.train(was_training)
+
+
 def _crossmodal_module(
     term: LossTermSpec,
     model: nn.Module,
@@ -326,11 +333,7 @@ def _crossmodal_module(
     embedding = teacher_features.get(EMBEDDING_KEY)
     if embedding is None:
         raise ValueError(f"loss term '{term.name}' needs cached teacher '{EMBEDDING_KEY}'s")
-    was_training = model.training
-    model.eval()  # a shape probe must not move batch-norm statistics
-    with torch.no_grad():
-        pooled = model.forward_features(sample[:2])  # type: ignore[operator]
-    model.train(was_training)
+    pooled = _shape_probe(model, "forward_features", sample)
     return CrossModalTerm(
         term.name,
         int(pooled.shape[1]),
