@@ -87,7 +87,7 @@ class ImuStudentConfig(_Section):
 
 class PretrainConfig(_Section):
     term: LossTerm = LossTerm(
-        name="comodo", weight=1.0, temperature=0.05, student_temperature=0.1, queue_size=4096
+        name="comodo", weight=1.0, temperature=0.2, student_temperature=0.2, queue_size=4096
     )
     epochs: int = Field(default=20, ge=1)
     batch_size: int = Field(default=64, ge=2)
