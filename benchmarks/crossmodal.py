@@ -89,8 +89,9 @@ class Split:
     (the labelled subset of the pool) and ``test`` (held-out subjects), plus the normalised
     IMU windows ``x`` and labels ``y`` of every clip."""
 
-    def __init__(self, paired: Any, test_subjects: tuple[int, ...]) -> None:
-        self.pool, self.test = paired.subject_split(test_subjects)
+    def __init__(self, paired: Any, held_out: tuple[int, ...], test: Any = None) -> None:
+        self.pool, held_out_clips = paired.subject_split(held_out)
+        self.test = held_out_clips if test is None else test
         clip_in_cell = paired.recordings % CLIPS_PER_ACTIVITY
         self.labelled = self.pool[clip_in_cell[self.pool] < LABELLED_PER_ACTIVITY]
         norm = ImuNormalization.from_windows(paired.imu[self.pool])
@@ -130,9 +131,8 @@ def select_temperatures(paired: Any, emb: Any, args: argparse.Namespace,
 
     Pre-trains on the pool minus the validation subject (whose PCA target basis is refitted
     without it) and probes that subject's clips with 5 labels per class of the others."""
-    split = Split(paired, (*TEST_SUBJECTS, VALIDATION_SUBJECT))
     val = np.flatnonzero(paired.subjects == VALIDATION_SUBJECT)
-    split.test = val
+    split = Split(paired, (*TEST_SUBJECTS, VALIDATION_SUBJECT), test=val)
     targets = teacher_targets(emb, split.pool)
     rows = []
     for pair in TEMPERATURES:

@@ -33,7 +33,7 @@ from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import numpy as np
 
@@ -326,6 +326,24 @@ def _subject_clips(
     return np.stack([m[0] for m in made]), np.stack([m[1] for m in made])
 
 
+def _paired_windows(
+    config: EgocentricConfig, arrays: dict[str, Any], source: str, extra: dict[str, object]
+) -> PairedWindows:
+    """PairedWindows of the :data:`_ARRAYS` in ``arrays``, with the fields ``config`` fixes."""
+    return PairedWindows(
+        **arrays,
+        classes=ACTIVITIES,
+        imu_rate_hz=float(config.imu_rate_hz),
+        window_s=float(config.clip_seconds),
+        stride_s=float(config.clip_seconds),
+        fps=float(config.fps),
+        imu_channels=IMU_CHANNELS_6AXIS,
+        imu_units=IMU_UNITS_6AXIS,
+        source=source,
+        extra=extra,
+    )
+
+
 def generate_egocentric(
     config: EgocentricConfig | None = None, *, progress: Progress | None = None, workers: int = 1
 ) -> PairedWindows:
@@ -372,22 +390,19 @@ def generate_egocentric(
     labels = np.tile(
         np.repeat(np.arange(len(ACTIVITIES)), config.clips_per_activity), config.subjects
     )
-    return PairedWindows(
-        imu=imu,
-        video=video,
-        labels=labels.astype(np.int64),
-        subjects=np.repeat(np.arange(config.subjects, dtype=np.int64), per_subject),
-        recordings=np.arange(config.clips, dtype=np.int64),
-        start_s=np.zeros(config.clips),
-        classes=ACTIVITIES,
-        imu_rate_hz=float(config.imu_rate_hz),
-        window_s=float(config.clip_seconds),
-        stride_s=float(config.clip_seconds),
-        fps=float(config.fps),
-        imu_channels=IMU_CHANNELS_6AXIS,
-        imu_units=IMU_UNITS_6AXIS,
-        source=f"{GENERATOR_VERSION} (seed {config.seed})",
-        extra=json.loads(  # JSON types, so a set read back from the cache compares equal
+    arrays = {
+        "imu": imu,
+        "video": video,
+        "labels": labels.astype(np.int64),
+        "subjects": np.repeat(np.arange(config.subjects, dtype=np.int64), per_subject),
+        "recordings": np.arange(config.clips, dtype=np.int64),
+        "start_s": np.zeros(config.clips),
+    }
+    return _paired_windows(
+        config,
+        arrays,
+        f"{GENERATOR_VERSION} (seed {config.seed})",
+        json.loads(  # JSON types, so a set read back from the cache compares equal
             json.dumps(
                 {
                     "synthetic": True,
@@ -442,15 +457,4 @@ def _load(path: Path, config: EgocentricConfig) -> PairedWindows:
         raise DataError(f"cannot read cached set {path} ({exc}); delete it to regenerate") from None
     if meta.get("key") != config.cache_key():
         raise DataError(f"cached set {path} belongs to another config; delete it to regenerate")
-    return PairedWindows(
-        **arrays,
-        classes=ACTIVITIES,
-        imu_rate_hz=float(config.imu_rate_hz),
-        window_s=float(config.clip_seconds),
-        stride_s=float(config.clip_seconds),
-        fps=float(config.fps),
-        imu_channels=IMU_CHANNELS_6AXIS,
-        imu_units=IMU_UNITS_6AXIS,
-        source=str(meta["source"]),
-        extra=dict(meta["extra"]),
-    )
+    return _paired_windows(config, arrays, str(meta["source"]), dict(meta["extra"]))
