@@ -40,9 +40,9 @@ from edgedistill.data.imu import load_watch_dataset
 from edgedistill.distill.objective import LossTermSpec
 from edgedistill.distill.trainer import TrainSettings, train_student
 from edgedistill.metrics import count_params, predict_logits, topk_accuracy
-from edgedistill.pipeline import RunContext
+from edgedistill.pipeline.context import RunContext
 from edgedistill.report.benchmarks import update_section, write_results
-from edgedistill.stages import teacher_features_for, teacher_logits_for
+from edgedistill.pipeline.stages.distill import teacher_features_for, teacher_logits_for
 from edgedistill.students import build_model
 from edgedistill.students.multi_exit import MultiExitStudent
 from edgedistill.teachers.image import tap_features
@@ -102,18 +102,18 @@ class Task:
 def image_task(console: Console, work: Path) -> Task:
     recipe = load_recipe(ROOT / "students" / "fashion_mnist.yaml")
     ctx = RunContext(recipe, work / "image", console=console)
-    images = ctx.dataset.x_train
+    images = ctx.task.x_train
     logits, _ = teacher_logits_for(ctx, images, "train")
-    test_logits, _ = teacher_logits_for(ctx, ctx.dataset.x_test, "test")
+    test_logits, _ = teacher_logits_for(ctx, ctx.task.x_test, "test")
     hints = teacher_features_for(ctx, images, "stages.1", 7)  # [N, 64, 7, 7]
-    shape = ctx.dataset.input_shape
-    config = {"in_channels": shape[0], "num_classes": len(ctx.dataset.labels)}
+    shape = ctx.task.input.shape
+    config = {"in_channels": shape[0], "num_classes": ctx.task.num_classes}
     config.update(recipe.student.config)
     cfg = recipe.distill
     return Task(
         "image",
-        ctx.normalization.apply(images),
-        torch.as_tensor(ctx.dataset.y_train),
+        ctx.task.input.prepare(images),
+        torch.as_tensor(ctx.task.y_train),
         ctx.x_test,
         ctx.y_test,
         lambda: build_model(recipe.student.arch, config),

@@ -22,9 +22,9 @@ from rich.console import Console
 from edgedistill.config import load_recipe
 from edgedistill.distill.trainer import TrainSettings, train_student
 from edgedistill.metrics import count_params, predict_logits, topk_accuracy
-from edgedistill.pipeline import RunContext
+from edgedistill.pipeline.context import RunContext
 from edgedistill.report.benchmarks import update_section, write_results
-from edgedistill.stages import teacher_logits_for
+from edgedistill.pipeline.stages.distill import teacher_logits_for
 from edgedistill.students import build_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,16 +43,16 @@ def main() -> None:
     recipe = load_recipe(args.recipe)
     ctx = RunContext(recipe, args.work, console=console)
     torch.set_num_threads(ctx.threads())
-    x_train = ctx.normalization.apply(ctx.dataset.x_train)
-    y_train = torch.as_tensor(ctx.dataset.y_train)
-    teacher_logits, _ = teacher_logits_for(ctx, ctx.dataset.x_train, "train")
-    teacher_test, _ = teacher_logits_for(ctx, ctx.dataset.x_test, "test")
+    x_train = ctx.task.input.prepare(ctx.task.x_train)
+    y_train = torch.as_tensor(ctx.task.y_train)
+    teacher_logits, _ = teacher_logits_for(ctx, ctx.task.x_train, "train")
+    teacher_test, _ = teacher_logits_for(ctx, ctx.task.x_test, "test")
     teacher_top1 = topk_accuracy(teacher_test, ctx.y_test)
     terms = {t.name: t for t in recipe.distill.terms}
-    shape = ctx.dataset.input_shape
+    shape = ctx.task.input.shape
     config = {
         "in_channels": shape[0],
-        "num_classes": len(ctx.dataset.labels),
+        "num_classes": ctx.task.num_classes,
         **recipe.student.config,
     }
 

@@ -24,9 +24,9 @@ from rich.console import Console
 from edgedistill.config import load_recipe
 from edgedistill.distill.trainer import TrainSettings, train_student
 from edgedistill.metrics import count_macs
-from edgedistill.pipeline import RunContext
+from edgedistill.pipeline.context import RunContext
 from edgedistill.report.benchmarks import update_section, write_results
-from edgedistill.stages import teacher_logits_for
+from edgedistill.pipeline.stages.distill import teacher_logits_for
 from edgedistill.students import build_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -59,14 +59,14 @@ def main() -> None:
     recipe = load_recipe(args.recipe)
     ctx = RunContext(recipe, args.work, console=console)
     torch.set_num_threads(ctx.threads())
-    x_student = ctx.normalization.apply(ctx.dataset.x_train)
-    x_teacher = ctx.teacher_normalization.apply(ctx.dataset.x_train)
-    y = torch.as_tensor(ctx.dataset.y_train)
+    x_student = ctx.task.input.prepare(ctx.task.x_train)
+    x_teacher = ctx.teacher_input.prepare(ctx.task.x_train)
+    y = torch.as_tensor(ctx.task.y_train)
     start = time.perf_counter()
-    cached, hit = teacher_logits_for(ctx, ctx.dataset.x_train, "train")
+    cached, hit = teacher_logits_for(ctx, ctx.task.x_train, "train")
     first_pass = time.perf_counter() - start
-    k = len(ctx.dataset.labels)
-    config = {"in_channels": ctx.dataset.input_shape[0], "num_classes": k, **recipe.student.config}
+    k = ctx.task.num_classes
+    config = {"in_channels": ctx.task.input.shape[0], "num_classes": k, **recipe.student.config}
     settings = TrainSettings(
         epochs=args.epochs,
         batch_size=recipe.distill.batch_size,
@@ -98,7 +98,7 @@ def main() -> None:
         rec / cac for rec, cac in zip(seconds("recomputed"), seconds("cached"), strict=True)
     ]
     speedup = float(np.median(per_repeat))
-    shape = ctx.dataset.input_shape
+    shape = ctx.task.input.shape
     cost_ratio = count_macs(ctx.teacher.model, shape) / count_macs(
         build_model(recipe.student.arch, config), shape
     )

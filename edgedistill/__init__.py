@@ -8,7 +8,6 @@ __version__ = "0.1.0"
 from edgedistill.bench import environment, latency_summary, measure_latency, percentile
 from edgedistill.compress import prune_channels, quantize_onnx_static
 from edgedistill.config import Recipe, load_recipe
-from edgedistill.crossmodal_recipe import CrossModalRecipe, run_crossmodal
 from edgedistill.data import ImageDataset, Normalization, load_idx_dataset
 from edgedistill.data.paired import PairedWindows
 from edgedistill.distill import KDLoss, TrainSettings, kd_loss, train_student
@@ -25,27 +24,28 @@ from edgedistill.errors import (
     UnsafeFileError,
 )
 from edgedistill.export import check_onnx_file, export_onnx, export_openvino
-from edgedistill.imu_deploy import ImuDeployResult, ImuInputSpec, deploy_imu_classifier
 from edgedistill.metrics import agreement, count_macs, count_params, topk_accuracy
-from edgedistill.pipeline import STAGES, RunContext, run_pipeline
+from edgedistill.pipeline.context import RunContext
+from edgedistill.pipeline.run import STAGES, run_pipeline
 from edgedistill.runtime import OnnxRuntimeRunner, OpenVinoRunner, Runner, TorchRunner
 from edgedistill.students import STUDENTS, build_model
 from edgedistill.students.multi_exit import MultiExitStudent
+from edgedistill.tasks import InputSpec, Task
+from edgedistill.tasks.sources import SOURCES, build_task, register_source
 from edgedistill.teachers import FrozenTeacher, load_teacher
 
 __all__ = [
     "STAGES",
+    "SOURCES",
     "STUDENTS",
     "ComodoLoss",
-    "CrossModalRecipe",
     "DataError",
     "EdgeDistillError",
     "FrozenTeacher",
     "GateError",
     "ImageDataset",
-    "ImuDeployResult",
-    "ImuInputSpec",
     "KDLoss",
+    "InputSpec",
     "LossTermSpec",
     "MissingDependencyError",
     "MultiExitStudent",
@@ -58,17 +58,18 @@ __all__ = [
     "RunContext",
     "Runner",
     "StageError",
+    "Task",
     "TorchRunner",
     "TrainSettings",
     "UnsafeFileError",
     "__version__",
     "agreement",
     "build_model",
+    "build_task",
     "check_onnx_file",
     "comodo_loss",
     "count_macs",
     "count_params",
-    "deploy_imu_classifier",
     "environment",
     "export_onnx",
     "export_openvino",
@@ -82,7 +83,7 @@ __all__ = [
     "percentile",
     "prune_channels",
     "quantize_onnx_static",
-    "run_crossmodal",
+    "register_source",
     "run_pipeline",
     "topk_accuracy",
     "train_student",

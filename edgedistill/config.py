@@ -12,65 +12,20 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    ValidationError,
-    ValidationInfo,
-    field_validator,
-    model_validator,
-)
+from pydantic import Field, SerializeAsAny, ValidationInfo, field_validator, model_validator
 
 from edgedistill.errors import RecipeError
+from edgedistill.schema import (
+    Section,
+    describe_validation_error,
+    read_yaml,
+    resolve_path,
+    validate_section,
+)
+from edgedistill.tasks.sources import SourceConfig, parse_data_section
 
-
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-def _resolve(value: Path, info: ValidationInfo) -> Path:
-    base = (info.context or {}).get("base_dir")
-    path = Path(value).expanduser()
-    if base is not None and not path.is_absolute():
-        path = Path(base) / path
-    return path.resolve()
-
-
-class DataConfig(_Section):
-    """Where the images come from and how much of the training split to use."""
-
-    source: Literal["idx"] = "idx"
-    path: Path = Field(description="folder with MNIST-layout IDX files")
-    name: str = "dataset"
-    labels: tuple[str, ...] = Field(min_length=2)
-    train_limit: int | None = Field(default=None, gt=0)
-    unlabelled: Path | None = Field(
-        default=None, description="IDX image file of extra images without labels"
-    )
-    use_labels: bool = Field(
-        default=True, description="false: train on teacher soft labels only (label-free)"
-    )
-    normalization: Literal["auto"] = "auto"
-
-    @field_validator("path")
-    @classmethod
-    def _path_exists(cls, value: Path, info: ValidationInfo) -> Path:
-        path = _resolve(value, info)
-        if not path.is_dir():
-            raise ValueError(f"folder {str(path)!r} does not exist")
-        return path
-
-    @field_validator("unlabelled")
-    @classmethod
-    def _file_exists(cls, value: Path | None, info: ValidationInfo) -> Path | None:
-        if value is None:
-            return None
-        path = _resolve(value, info)
-        if not path.is_file():
-            raise ValueError(f"file {str(path)!r} does not exist")
-        return path
+_Section = Section  # the base of every section (edgedistill.schema)
+_resolve = resolve_path
 
 
 class TeacherAdaptConfig(_Section):
@@ -91,21 +46,55 @@ class TeacherAdaptConfig(_Section):
     finetune_lr: float = Field(default=1e-4, gt=0)
 
 
-class TeacherConfig(_Section):
-    """The frozen teacher, described by a teacher card (YAML) next to its weights."""
+class VideoTeacherConfig(_Section):
+    """A frozen video teacher of the paired video stream (cross-modal pre-training).
 
-    card: Path
+    An ImageNet backbone per frame with temporal statistics; its clip embeddings are cached,
+    and the target the student learns is the chosen statistics, standardised and PCA-reduced
+    on the training clips (:mod:`edgedistill.crossmodal_chain`).
+    """
+
+    backbone: Literal["mobilenet_v2", "efficientnet_lite0"] = "mobilenet_v2"
+    image_size: int = Field(default=64, ge=32)
+    layer: int | None = Field(
+        default=11, ge=1, description="mobilenet_v2: mid-level layer of the frame feature"
+    )
+    grid: int = Field(default=4, ge=1, description="spatial grid the frame feature keeps")
+    target_stats: tuple[Literal["mean", "std", "absdiff", "trend"], ...] = (
+        "std",
+        "absdiff",
+        "trend",
+    )
+    pca_dim: int | None = Field(default=128, ge=2)
+
+
+class TeacherConfig(_Section):
+    """The frozen teacher: a card (a model over the task's own input: logits, features) or a
+    video teacher of a paired stream (``video``, for the ``pretrain`` stage)."""
+
+    card: Path | None = None
     adapt: TeacherAdaptConfig | None = Field(
         default=None, description="train a head for this task's labels on the frozen teacher"
     )
+    video: VideoTeacherConfig | None = None
 
     @field_validator("card")
     @classmethod
-    def _card_exists(cls, value: Path, info: ValidationInfo) -> Path:
+    def _card_exists(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        if value is None:
+            return None
         path = _resolve(value, info)
         if not path.is_file():
             raise ValueError(f"teacher card {str(path)!r} does not exist")
         return path
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> TeacherConfig:
+        if (self.card is None) == (self.video is None):
+            raise ValueError("name exactly one of teacher.card and teacher.video")
+        if self.adapt is not None and self.card is None:
+            raise ValueError("teacher.adapt needs teacher.card")
+        return self
 
 
 class StudentConfig(_Section):
@@ -260,15 +249,39 @@ class GatesConfig(_Section):
     parity_samples: int = Field(default=1000, ge=1)
 
 
+class PretrainConfig(_Section):
+    """Label-free pre-training of the student before ``distill`` (the ``pretrain`` stage).
+
+    ``term`` is a cross-modal term (``comodo``, ``infonce`` or ``l2``) against the cached
+    embeddings of ``teacher.video`` on the paired stream of every training window, labelled or
+    not. The distill stage then starts from the pre-trained weights.
+    """
+
+    term: LossTerm = LossTerm(
+        name="comodo", weight=1.0, temperature=0.2, student_temperature=0.2, queue_size=4096
+    )
+    epochs: int = Field(default=20, ge=1)
+    batch_size: int = Field(default=64, ge=2)
+    lr: float = Field(default=0.05, gt=0)
+
+    @field_validator("term")
+    @classmethod
+    def _cross_modal(cls, term: LossTerm) -> LossTerm:
+        if term.name not in ("comodo", "infonce", "l2"):
+            raise ValueError(f"must be one of comodo, infonce, l2 (got {term.name})")
+        return term
+
+
 class Recipe(_Section):
     """A whole recipe. Build it with :func:`load_recipe` or :meth:`Recipe.from_dict`."""
 
     name: str = Field(default="recipe", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     seed: int = 0
     threads: int | None = Field(default=None, ge=1, description="torch threads for training")
-    data: DataConfig
-    teacher: TeacherConfig
+    data: SerializeAsAny[SourceConfig]
+    teacher: TeacherConfig | None = None
     student: StudentConfig = StudentConfig()
+    pretrain: PretrainConfig | None = None
     distill: DistillConfig = DistillConfig()
     prune: PruneConfig = PruneConfig()
     quantize: QuantizeConfig = QuantizeConfig()
@@ -278,15 +291,32 @@ class Recipe(_Section):
 
     @model_validator(mode="after")
     def _labels_for_label_terms(self) -> Recipe:
-        unlabelled = self.data.unlabelled is not None or not self.data.use_labels
+        unlabelled = (
+            getattr(self.data, "unlabelled", None) is not None
+            or not getattr(self.data, "use_labels", True)
+            or self.data.label_fraction < 1
+        )
         needs_labels = [
             t.name for t in self.distill.terms if t.name in ("dkd", "pskd") and t.weight
         ]
         if unlabelled and needs_labels:
             raise ValueError(
-                f"distill.terms {needs_labels} need a label for every training image; with "
-                "data.unlabelled or data.use_labels: false use ce and kd"
+                f"distill.terms {needs_labels} need a label for every training sample; with "
+                "unlabelled training data use ce and kd"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _teacher_for_teacher_terms(self) -> Recipe:
+        card_terms = [
+            t.name for t in self.distill.terms if t.name in ("kd", "dkd", "fitnets") and t.weight
+        ]
+        if card_terms and (self.teacher is None or self.teacher.card is None):
+            raise ValueError(f"distill.terms {card_terms} need a teacher.card")
+        if self.pretrain is not None and (self.teacher is None or self.teacher.video is None):
+            raise ValueError("pretrain needs teacher.video (the teacher of the paired stream)")
+        if self.pretrain is not None and self.data.source != "paired":
+            raise ValueError("pretrain needs paired data (data.source: paired)")
         return self
 
     @classmethod
@@ -294,25 +324,17 @@ class Recipe(_Section):
         """Validate a parsed YAML mapping; relative paths resolve against ``base_dir``."""
         if not isinstance(raw, dict):
             raise RecipeError(f"{source}: expected a mapping of sections, got {type(raw).__name__}")
-        try:
-            return cls.model_validate(raw, context={"base_dir": base_dir})
-        except ValidationError as exc:
-            raise RecipeError(f"{source}: {describe_validation_error(exc, cls)}") from None
+        if "data" not in raw:
+            raise RecipeError(f"{source}: 'data' is required")
+        # The data section's schema depends on data.source (one registered section each).
+        data = parse_data_section(raw["data"], base_dir=base_dir, source=source)
+        recipe: Recipe = validate_section(
+            cls, {**raw, "data": data}, base_dir=base_dir, source=source
+        )
+        return recipe
 
 
 TARGET_SECTIONS = ("export", "profile", "quantize", "gates")
-
-
-def read_yaml(path: Path, what: str) -> Any:
-    """Parse a YAML file; a missing file or bad YAML is a one-line :class:`RecipeError`."""
-    if not path.is_file():
-        raise RecipeError(f"{what} file '{path}' does not exist")
-    try:
-        return yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise RecipeError(f"{path}: not valid YAML{where}") from None
 
 
 def load_recipe(path: str | Path, *, target: str | Path | None = None) -> Recipe:
@@ -343,52 +365,9 @@ def load_recipe(path: str | Path, *, target: str | Path | None = None) -> Recipe
     return Recipe.from_dict(raw, base_dir=path.resolve().parent, source=str(path))
 
 
-def _model_at(model: type[BaseModel], loc: tuple[int | str, ...]) -> type[BaseModel] | None:
-    """The pydantic model class that owns the field at ``loc`` (for listing allowed keys)."""
-    current: Any = model
-    for part in loc:
-        if isinstance(part, int):
-            continue
-        fields = getattr(current, "model_fields", None)
-        if fields is None or part not in fields:
-            return None
-        annotation = fields[part].annotation
-        current = _first_model(annotation)
-        if current is None:
-            return None
-    return current if isinstance(current, type) and issubclass(current, BaseModel) else None
-
-
-def _first_model(annotation: Any) -> type[BaseModel] | None:
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    for arg in getattr(annotation, "__args__", ()):
-        found = _first_model(arg)
-        if found is not None:
-            return found
-    return None
-
-
-def describe_validation_error(exc: ValidationError, root: type[BaseModel]) -> str:
-    """Turn pydantic's error list into one line: field, value, what is allowed."""
-    errors = exc.errors()
-    first = errors[0]
-    loc = tuple(first["loc"])
-    field = ".".join(str(p) for p in loc) or "(top level)"
-    kind = first["type"]
-    value = first.get("input")
-    if kind == "extra_forbidden":
-        owner = _model_at(root, loc[:-1])
-        allowed = ", ".join(owner.model_fields) if owner else "see the documentation"
-        message = f"unknown key '{field}' (allowed here: {allowed})"
-    elif kind == "missing":
-        message = f"'{field}' is required"
-    else:
-        shown = repr(value)
-        if len(shown) > 80:
-            shown = shown[:77] + "..."
-        reason = str(first["msg"]).removeprefix("Value error, ")
-        message = f"{field} = {shown}: {reason}"
-    if len(errors) > 1:
-        message += f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})"
-    return message
+__all__ = [
+    "Recipe",
+    "describe_validation_error",
+    "load_recipe",
+    "read_yaml",
+]

@@ -162,6 +162,7 @@ def pretrain_student(
     batch_size: int = 64,
     lr: float = 0.05,
     checkpoint_path: Path | None = None,
+    fingerprint: str | None = None,
     progress: Callable[[int, int, str], None] | None = None,
 ) -> TrainResult:
     """Cross-modal pre-training without labels: ``model`` learns to predict ``targets``.
@@ -170,6 +171,8 @@ def pretrain_student(
         model: The IMU student; trained in place (its classifier is untouched).
         x_train: [N, C, T] normalised windows; targets: [N, D_t] teacher embeddings.
         term: A ``comodo``, ``infonce`` or ``l2`` term.
+        fingerprint: Identifies the run a checkpoint belongs to (a checkpoint with another
+            fingerprint is not resumed); default: the term name.
     """
     unlabelled = torch.full((len(x_train),), -1, dtype=torch.int64)
     settings = TrainSettings(
@@ -182,7 +185,7 @@ def pretrain_student(
         settings,
         teacher_features={"embedding": targets},
         checkpoint_path=checkpoint_path,
-        fingerprint=f"pretrain-{term.name}",
+        fingerprint=fingerprint or f"pretrain-{term.name}",
         progress=progress,
     )
 

@@ -83,7 +83,7 @@ def test_edgedistill_distill_under_torchrun_shares_the_teacher_cache(
 
     from edgedistill.artifacts import read_json
     from edgedistill.config import load_recipe
-    from edgedistill.pipeline import run_pipeline
+    from edgedistill.pipeline.run import run_pipeline
 
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(yaml.safe_dump(tiny_recipe_dict))

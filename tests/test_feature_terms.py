@@ -14,7 +14,7 @@ from edgedistill.config import load_recipe
 from edgedistill.distill.objective import LossTermSpec
 from edgedistill.distill.trainer import TrainSettings, train_student
 from edgedistill.errors import RecipeError
-from edgedistill.pipeline import run_pipeline
+from edgedistill.pipeline.run import run_pipeline
 from edgedistill.students import build_model
 
 FITNETS = (

@@ -17,7 +17,7 @@ from edgedistill.data import ImageDataset, write_idx
 from edgedistill.distill.kd import kd_loss
 from edgedistill.distill.objective import LossTermSpec, Objective
 from edgedistill.errors import DataError, RecipeError
-from edgedistill.pipeline import run_pipeline
+from edgedistill.pipeline.run import run_pipeline
 
 
 def _quiet() -> Console:

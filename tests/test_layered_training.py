@@ -13,7 +13,7 @@ import yaml
 from edgedistill.config import load_recipe
 from edgedistill.distill.objective import LossTermSpec
 from edgedistill.distill.trainer import TrainSettings, train_student
-from edgedistill.pipeline import run_pipeline
+from edgedistill.pipeline.run import run_pipeline
 from edgedistill.students import build_model
 from edgedistill.students.io import load_model
 from edgedistill.students.multi_exit import MultiExitStudent

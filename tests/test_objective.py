@@ -20,7 +20,7 @@ from edgedistill.distill.objective import LossTermSpec, Objective
 from edgedistill.distill.pskd import pskd_alpha, pskd_loss
 from edgedistill.distill.trainer import TrainSettings, train_student
 from edgedistill.errors import RecipeError
-from edgedistill.pipeline import run_pipeline
+from edgedistill.pipeline.run import run_pipeline
 from edgedistill.students.vision import ConvNet
 
 

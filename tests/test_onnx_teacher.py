@@ -17,7 +17,7 @@ from edgedistill.config import Recipe
 from edgedistill.errors import UnsafeFileError
 from edgedistill.export.onnx import export_onnx
 from edgedistill.metrics import count_macs, count_params
-from edgedistill.pipeline import run_pipeline
+from edgedistill.pipeline.run import run_pipeline
 from edgedistill.students import build_model
 from edgedistill.teachers import load_teacher
 from edgedistill.teachers.onnx_teacher import onnx_macs, onnx_param_count

@@ -12,7 +12,7 @@ from typing import Any
 from rich.console import Console
 
 from edgedistill.config import Recipe
-from edgedistill.pipeline import STAGES, run_pipeline
+from edgedistill.pipeline.run import STAGES, run_pipeline
 
 
 def _recipe(d: dict[str, Any]) -> Recipe:

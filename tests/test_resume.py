@@ -19,7 +19,7 @@ from rich.console import Console
 
 from edgedistill.artifacts import sha256_file
 from edgedistill.config import Recipe, load_recipe
-from edgedistill.pipeline import STAGES, run_pipeline
+from edgedistill.pipeline.run import STAGES, run_pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -275,7 +275,7 @@ def test_recipe_teacher_adapt_trains_a_head_once_and_keys_caches_by_it(
     import yaml
 
     from edgedistill.config import load_recipe
-    from edgedistill.pipeline import run_pipeline
+    from edgedistill.pipeline.run import run_pipeline
     from edgedistill.teachers import load_teacher
 
     recipe = dict(tiny_recipe_dict)

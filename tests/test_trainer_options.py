@@ -14,7 +14,7 @@ from rich.console import Console
 from edgedistill.config import Recipe
 from edgedistill.distill.trainer import TrainSettings, train_student
 from edgedistill.errors import RecipeError
-from edgedistill.pipeline import run_pipeline
+from edgedistill.pipeline.run import run_pipeline
 from edgedistill.students.vision import ConvNet
 
 

@@ -15,10 +15,12 @@ from onnx import numpy_helper
 from rich.console import Console
 
 from edgedistill.config import Recipe
-from edgedistill.deploy import deployed_models, stage_verify, verify_models
+from edgedistill.pipeline.stages.export import deployed_models
+from edgedistill.pipeline.stages.verify import stage_verify, verify_models
 from edgedistill.errors import GateError
 from edgedistill.metrics import topk_accuracy
-from edgedistill.pipeline import RunContext, run_pipeline
+from edgedistill.pipeline.context import RunContext
+from edgedistill.pipeline.run import run_pipeline
 from edgedistill.runtime import OnnxRuntimeRunner, run_batched
 
 _BASE_RUNS: dict[str, Path] = {}
@@ -206,9 +208,10 @@ def test_teacher_is_verified_with_its_own_normalization(
     quantized_run: tuple[RunContext, dict[str, Any]],
 ) -> None:
     ctx, _ = quantized_run
-    student_norm, teacher_norm = ctx.normalization.as_dict(), ctx.teacher_normalization.as_dict()
+    student_norm = ctx.task.input.normalization()
+    teacher_norm = ctx.teacher_input.normalization()
     assert student_norm != teacher_norm  # premise: the card's mean/std (0.3/0.3) differ
-    teacher_x = ctx.teacher_normalization.apply(ctx.dataset.x_test).numpy()
+    teacher_x = ctx.teacher_input.prepare(ctx.task.x_test).numpy()
     with OnnxRuntimeRunner(ctx.stage_dir("export") / "teacher.onnx", "teacher") as runner:
         expected = topk_accuracy(run_batched(runner, teacher_x), ctx.y_test)
     # the distill stage measures the teacher with its own normalisation

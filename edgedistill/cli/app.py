@@ -68,7 +68,7 @@ def _execute(
 ) -> None:
     from edgedistill.config import load_recipe
     from edgedistill.distill.ddp import init_from_environment
-    from edgedistill.pipeline import run_pipeline
+    from edgedistill.pipeline.run import run_pipeline
 
     # Under torchrun (WORLD_SIZE > 1) join the process group; only rank 0 prints.
     ddp = init_from_environment()
@@ -124,7 +124,8 @@ def _stage_command(stage: str, doc: str) -> None:
 
 
 for _stage, _doc in (
-    ("distill", "Train the student from the frozen teacher (cross-entropy + Hinton KD)."),
+    ("pretrain", "Pre-train the student without labels (cross-modal), when the recipe says so."),
+    ("distill", "…then train the student (loss terms of the recipe, teacher outputs cached)."),
     ("prune", "…then prune channels structurally and recover accuracy with KD."),
     ("export", "…then export ONNX (and OpenVINO IR when installed)."),
     ("quantize", "…then quantize the students to INT8 (ONNX Runtime QDQ)."),
@@ -144,7 +145,8 @@ def run(
     force: ForceOpt = False,
     debug: DebugOpt = False,
 ) -> None:
-    """Run the whole chain: distill → prune → export → quantize → verify → profile → bundle → report."""
+    """Run the whole chain: pretrain → distill → prune → export → quantize → verify → profile →
+    bundle → report."""
     _execute(recipe, out, "report", force, debug, target)
 
 
@@ -159,18 +161,15 @@ def validate(recipe: RecipeArg, target: TargetOpt = None, debug: DebugOpt = Fals
 
 
 @app.command()
-def crossmodal(recipe: RecipeArg, out: OutOpt = None, debug: DebugOpt = False) -> None:
-    """Video teacher → IMU student without labels (COMODO), then prune/INT8/verify/bundle."""
-    from edgedistill.crossmodal_recipe import CrossModalRecipe, run_crossmodal
-
-    with _user_errors(debug):
-        parsed = CrossModalRecipe.load(recipe)
-        out_dir = out or Path("runs") / parsed.name
-        console.print(f"[bold]edgedistill[/] crossmodal: [cyan]{recipe}[/] → [cyan]{out_dir}[/]")
-        summary = run_crossmodal(parsed, out_dir, console=console)
-    deploy = summary["deploy"]
-    console.print(f"bundle:  {deploy['bundle_dir']}")
-    console.print(f"summary: {out_dir / 'summary.json'}")
+def crossmodal(
+    recipe: RecipeArg,
+    out: OutOpt = None,
+    target: TargetOpt = None,
+    force: ForceOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Alias of ``run`` (kept for the cross-modal recipe's old command line)."""
+    _execute(recipe, out, "report", force, debug, target)
 
 
 def main() -> None:

@@ -1,13 +1,13 @@
-"""The stage bodies of the default chain, run by :func:`edgedistill.pipeline.run_pipeline`.
+"""The ``distill`` stage: train the student from the frozen teacher's cached outputs.
 
-Training stages (distill, prune) live here; deployment stages in :mod:`edgedistill.deploy`
-and delivery stages (bundle, report) in :mod:`edgedistill.deliver`.
+Also the teacher-cache helpers and the training loop wrapper the ``prune`` stage's recovery
+fine-tuning shares. A recipe without a teacher card trains with label and self-distillation
+terms only; after a ``pretrain`` stage the student starts from the pre-trained weights.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,33 +16,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edgedistill.artifacts import atomic_write_json, atomic_write_text, read_json
-from edgedistill.compress.prune import prune_channels
-from edgedistill.deliver import stage_bundle, stage_report
-from edgedistill.deploy import stage_export, stage_profile, stage_quantize, stage_verify
+from edgedistill.artifacts import atomic_write_json, atomic_write_text
 from edgedistill.distill.layered import NUM_IMAGE_TRANSFORMS, NUM_IMU_TRANSFORMS
 from edgedistill.distill.objective import TEACHER_TERMS, LossTermSpec
 from edgedistill.distill.trainer import TrainSettings, train_student
 from edgedistill.early_exits import exit_logits
 from edgedistill.errors import RecipeError
-from edgedistill.metrics import count_macs, count_params, predict_logits, topk_accuracy
-from edgedistill.pipeline import RunContext, StageOutcome
+from edgedistill.metrics import count_macs, count_params, predict_logits
+from edgedistill.pipeline.context import RunContext, StageOutcome
 from edgedistill.progress import progress_bar
 from edgedistill.students import build_model
-from edgedistill.students.io import load_model, save_model
+from edgedistill.students.io import save_model
 from edgedistill.students.multi_exit import MultiExitStudent
 from edgedistill.teachers import cached_teacher_logits, teacher_cache_key
 
-__all__ = [
-    "stage_bundle",
-    "stage_distill",
-    "stage_export",
-    "stage_profile",
-    "stage_prune",
-    "stage_quantize",
-    "stage_report",
-    "stage_verify",
-]
+__all__ = ["stage_distill", "teacher_features_for", "teacher_logits_for", "train_in_stage"]
 
 
 def teacher_logits_for(ctx: RunContext, images: Any, split: str) -> tuple[Any, bool]:
@@ -53,14 +41,14 @@ def teacher_logits_for(ctx: RunContext, images: Any, split: str) -> tuple[Any, b
     key = teacher_cache_key(
         teacher_sha256=ctx.teacher.weights_sha256,
         data_sha256=data_hash,
-        transform={"normalization": ctx.teacher_normalization.as_dict()},
+        transform={"normalization": ctx.teacher_input.normalization()},
         taps=["logits"],
     )
     with progress_bar(ctx.console, "teacher", len(images)) as advance:
         return cached_teacher_logits(
             ctx.teacher,
             images,
-            ctx.teacher_normalization.apply,
+            ctx.teacher_input.prepare,
             key=key,
             cache_dir=ctx.out / "cache",
             batch_size=ctx.recipe.distill.teacher_batch_size,
@@ -102,14 +90,14 @@ def teacher_features_for(
     key = teacher_cache_key(
         teacher_sha256=ctx.teacher.weights_sha256,
         data_sha256=hashlib.sha256(images.tobytes()).hexdigest(),
-        transform={"normalization": ctx.teacher_normalization.as_dict(), "pool": hint_size},
+        transform={"normalization": ctx.teacher_input.normalization(), "pool": hint_size},
         taps=[tap],
     )
     with progress_bar(ctx.console, "teacher", len(images)) as advance:
         cached, _ = cached_teacher_logits(
             features,
             images,
-            ctx.teacher_normalization.apply,
+            ctx.teacher_input.prepare,
             key=key,
             cache_dir=ctx.out / "cache",
             batch_size=ctx.recipe.distill.teacher_batch_size,
@@ -119,7 +107,7 @@ def teacher_features_for(
     return cached
 
 
-def _settings(ctx: RunContext, epochs: int, lr: float) -> TrainSettings:
+def train_settings(ctx: RunContext, epochs: int, lr: float) -> TrainSettings:
     cfg = ctx.recipe.distill
     return TrainSettings(
         epochs=epochs,
@@ -135,7 +123,7 @@ def _settings(ctx: RunContext, epochs: int, lr: float) -> TrainSettings:
     )
 
 
-def _train(
+def train_in_stage(
     ctx: RunContext,
     model: nn.Module,
     settings: TrainSettings,
@@ -143,13 +131,14 @@ def _train(
     fingerprint: str,
     label: str,
 ) -> list[dict[str, float]]:
-    x_train = ctx.normalization.apply(ctx.dataset.x_train)
-    y_train = torch.as_tensor(ctx.dataset.y_train)
+    task = ctx.task
+    x_train = task.train_inputs
+    y_train = torch.as_tensor(task.y_train)
     teacher_logits = None
     if any(t.name in TEACHER_TERMS and t.weight > 0 for t in settings.loss_terms()):
-        teacher_logits, _ = teacher_logits_for(ctx, ctx.dataset.x_train, "train")
+        teacher_logits, _ = teacher_logits_for(ctx, task.x_train, "train")
     teacher_features = {
-        t.teacher_tap: teacher_features_for(ctx, ctx.dataset.x_train, t.teacher_tap, t.hint_size)
+        t.teacher_tap: teacher_features_for(ctx, task.x_train, t.teacher_tap, t.hint_size)
         for t in settings.loss_terms()
         if t.name == "fitnets" and t.weight > 0
     }
@@ -158,7 +147,7 @@ def _train(
         # Early stopping picks an epoch, so it must look at data held out of training, not
         # at the test split the report's accuracy comes from.
         # Only labelled images can judge accuracy (-1 marks unlabelled ones).
-        labelled = np.flatnonzero(ctx.dataset.y_train >= 0)
+        labelled = np.flatnonzero(task.labelled)
         if len(labelled) < 2:
             raise RecipeError(
                 "distill.early_stopping_patience needs labelled training images to hold out "
@@ -168,7 +157,7 @@ def _train(
         n_val = max(1, round(ctx.recipe.distill.validation_fraction * len(labelled)))
         val_idx = np.sort(order[:n_val])
         train_idx = np.setdiff1d(np.arange(len(y_train)), val_idx)
-        x_val, y_val = x_train[val_idx], ctx.dataset.y_train[val_idx]
+        x_val, y_val = x_train[val_idx], task.y_train[val_idx]
         x_train, y_train = x_train[train_idx], y_train[train_idx]
         if teacher_logits is not None:
             teacher_logits = np.asarray(teacher_logits)[train_idx]
@@ -176,7 +165,7 @@ def _train(
     steps = settings.epochs * -(-len(y_train) // settings.batch_size)
 
     def evaluate(m: nn.Module) -> float:
-        return topk_accuracy(predict_logits(m, x_val), y_val)
+        return task.score(predict_logits(m, x_val), y_val)
 
     with progress_bar(ctx.console, label, steps) as advance:
         last = [0]
@@ -204,27 +193,40 @@ def _train(
     return result.history
 
 
+def build_student(ctx: RunContext) -> nn.Module:
+    """The recipe's student for this task, initialised from the recipe seed."""
+    task, recipe = ctx.task, ctx.recipe
+    config: dict[str, Any] = {"num_classes": task.num_classes}
+    if task.input.dtype == "float32" and len(task.input.shape) >= 2:
+        config["in_channels"] = task.input.shape[0]
+    config.update(recipe.student.config)
+    torch.manual_seed(recipe.seed)
+    return build_model(recipe.student.arch, config)
+
+
 def stage_distill(ctx: RunContext) -> dict[str, Any]:
-    """Train the student from the frozen teacher's cached logits (CE + Hinton KD)."""
+    """Train the student: the recipe's loss terms over cached teacher outputs (if any), from
+    the pre-trained weights when a ``pretrain`` stage ran."""
     recipe = ctx.recipe
+    pretrained = ctx.manifests.get("pretrain", {}).get("outputs", {})
     inputs = {
         "data": ctx.data_sha256,
-        "teacher": ctx.teacher.weights_sha256,
-        "teacher_normalization": ctx.teacher_normalization.as_dict(),
+        "teacher": ctx.teacher.weights_sha256 if ctx.has_teacher else None,
+        "teacher_normalization": ctx.teacher_input.normalization(),
         "student": recipe.student.model_dump(mode="json"),
         "distill": recipe.distill.model_dump(mode="json"),
         "seed": recipe.seed,
+        **{f"pretrain/{k}": v for k, v in pretrained.items()},
     }
 
     def body(stage_dir: Path, fingerprint: str) -> StageOutcome:
-        shape = ctx.dataset.input_shape
-        config = {
-            "in_channels": shape[0],
-            "num_classes": len(ctx.dataset.labels),
-            **recipe.student.config,
-        }
-        torch.manual_seed(recipe.seed)
-        student = build_model(recipe.student.arch, config)
+        task = ctx.task
+        shape = task.input.shape
+        student = build_student(ctx)
+        if "student.safetensors" in pretrained:
+            from edgedistill.students.io import load_model
+
+            student.load_state_dict(load_model(ctx.stage_dir("pretrain"), "student").state_dict())
         layered = next((t for t in recipe.distill.terms if t.name == "layered"), None)
         trained: nn.Module = student
         if layered is not None:
@@ -233,44 +235,55 @@ def stage_distill(ctx: RunContext) -> dict[str, Any]:
             trained = MultiExitStudent(
                 student, num_transforms=LAYERED_TRANSFORM_COUNT[layered.transforms]
             )
-        teacher_params = count_params(ctx.teacher.model)
-        limit = recipe.student.max_teacher_param_fraction
-        if limit is not None and count_params(student) > limit * teacher_params:
-            raise RecipeError(
-                f"student.config = {json.dumps(recipe.student.config)}: {count_params(student)} "
-                f"parameters exceed student.max_teacher_param_fraction={limit} of the teacher's "
-                f"{teacher_params}"
-            )
-        test_logits, _ = teacher_logits_for(ctx, ctx.dataset.x_test, "test")
-        teacher_top1 = topk_accuracy(test_logits, ctx.y_test)
-        settings = _settings(ctx, recipe.distill.epochs, recipe.distill.lr)
-        history = _train(ctx, trained, settings, stage_dir, fingerprint, "distill")
+        teacher_metrics: dict[str, Any] = {}
+        if ctx.has_teacher:
+            teacher_params = count_params(ctx.teacher.model)
+            limit = recipe.student.max_teacher_param_fraction
+            if limit is not None and count_params(student) > limit * teacher_params:
+                raise RecipeError(
+                    f"student.config = {json.dumps(recipe.student.config)}: "
+                    f"{count_params(student)} parameters exceed "
+                    f"student.max_teacher_param_fraction={limit} of the teacher's {teacher_params}"
+                )
+            test_logits, _ = teacher_logits_for(ctx, task.x_test, "test")
+            teacher_metrics = {
+                "teacher_top1": task.score(np.asarray(test_logits)),
+                "teacher_params": teacher_params,
+                "teacher_macs": count_macs(ctx.teacher.model, shape, dtype=_dtype(task)),
+            }
+        settings = train_settings(ctx, recipe.distill.epochs, recipe.distill.lr)
+        history = train_in_stage(ctx, trained, settings, stage_dir, fingerprint, "distill")
         extra: dict[str, Any] = {}
         exit_outputs: list[str] = []
         if isinstance(trained, MultiExitStudent):
             logits = exit_logits(trained, ctx.x_test)  # torch, every exit, test split
-            extra = {"exit_top1": [round(topk_accuracy(z, ctx.y_test), 2) for z in logits]}
+            extra = {"exit_top1": [round(task.score(z), 2) for z in logits]}
             if recipe.student.early_exits:
                 extra["exits"], exit_outputs = _early_exit_report(ctx, trained, stage_dir, logits)
             student = trained.plain_student()
         outputs = save_model(student, recipe.student.arch, stage_dir, "student")
-        atomic_write_json(stage_dir / "normalization.json", ctx.normalization.as_dict())
+        atomic_write_json(stage_dir / "input.json", task.input.as_dict())
         return StageOutcome(
-            outputs=[*outputs, "normalization.json", "train_log.csv", *exit_outputs],
+            outputs=[*outputs, "input.json", "train_log.csv", *exit_outputs],
             metrics={
-                "student_top1": topk_accuracy(predict_logits(student, ctx.x_test), ctx.y_test),
-                "teacher_top1": teacher_top1,
+                "student_top1": task.score(predict_logits(student, ctx.x_test)),
+                **{k: v for k, v in teacher_metrics.items() if k == "teacher_top1"},
                 "student_params": count_params(student),
-                "teacher_params": teacher_params,
-                "student_macs": count_macs(student, shape),
-                "teacher_macs": count_macs(ctx.teacher.model, shape),
+                "student_macs": count_macs(student, shape, dtype=_dtype(task)),
+                **{k: v for k, v in teacher_metrics.items() if k != "teacher_top1"},
                 "epochs": len(history),
-                "train_samples": len(ctx.dataset.y_train),
+                "train_samples": len(task.y_train),
+                "labelled_train_samples": int(task.labelled.sum()),
+                "pretrained": "student.safetensors" in pretrained,
                 **extra,
             },
         )
 
     return ctx.run_stage("distill", inputs, body)
+
+
+def _dtype(task: Any) -> torch.dtype:
+    return torch.int64 if task.input.dtype == "int64" else torch.float32
 
 
 def _early_exit_report(
@@ -291,7 +304,7 @@ def _early_exit_report(
         ctx.x_test,
         ctx.y_test,
         folder,
-        input_shape=tuple(ctx.dataset.input_shape),
+        input_shape=tuple(ctx.task.input.shape),
         threads=profile.threads,
         warmup=profile.warmup,
         runs=profile.runs,
@@ -312,73 +325,3 @@ def _early_exit_report(
         for r in reports
     ]
     return rows, [*files, "exits/exits.json", "exits/exits.md"]
-
-
-def calibration_inputs(ctx: RunContext, n: int = 512) -> torch.Tensor:
-    """A seeded sample of ``n`` normalised training images (pruning and INT8 calibration)."""
-    count = min(n, len(ctx.dataset.y_train))
-    order = np.random.default_rng(ctx.recipe.seed + 1).permutation(len(ctx.dataset.y_train))
-    return ctx.normalization.apply(ctx.dataset.x_train[np.sort(order[:count])])
-
-
-def output_distortion(reference: nn.Module, x: torch.Tensor) -> Callable[[nn.Module], float]:
-    """KL(reference ‖ candidate) of the output distributions on ``x``: how much pruning
-    changed what the model predicts (lower is better)."""
-    reference_log_p = torch.log_softmax(torch.as_tensor(predict_logits(reference, x)), dim=-1)
-
-    def score(candidate: nn.Module) -> float:
-        log_p = torch.log_softmax(torch.as_tensor(predict_logits(candidate, x)), dim=-1)
-        return float(F.kl_div(log_p, reference_log_p, log_target=True, reduction="batchmean"))
-
-    return score
-
-
-def stage_prune(ctx: RunContext) -> dict[str, Any]:
-    """Structured channel pruning to a MACs target, then KD recovery fine-tuning."""
-    cfg = ctx.recipe.prune
-    inputs = {
-        **ctx.output_hashes("distill"),
-        "prune": cfg.model_dump(mode="json"),
-        "distill": ctx.recipe.distill.model_dump(mode="json"),
-        "teacher": ctx.teacher.weights_sha256,
-        "data": ctx.data_sha256,
-    }
-
-    def body(stage_dir: Path, fingerprint: str) -> StageOutcome:
-        if not cfg.enabled:
-            return StageOutcome(outputs=[], metrics={"enabled": False})
-        student = load_model(ctx.stage_dir("distill"), "student")
-        before_top1 = topk_accuracy(predict_logits(student, ctx.x_test), ctx.y_test)
-        result = prune_channels(
-            student,
-            ctx.dataset.input_shape,
-            target_macs_ratio=cfg.target_macs_ratio,
-            round_to=cfg.round_to,
-            importance=cfg.importance,
-            distortion=output_distortion(student, calibration_inputs(ctx)),
-        )
-        pruned = result.model
-        no_finetune_top1 = topk_accuracy(predict_logits(pruned, ctx.x_test), ctx.y_test)
-        history: list[dict[str, float]] = []
-        if cfg.finetune_epochs > 0:
-            settings = _settings(ctx, cfg.finetune_epochs, cfg.finetune_lr)
-            history = _train(ctx, pruned, settings, stage_dir, fingerprint, "prune")
-        top1 = topk_accuracy(predict_logits(pruned, ctx.x_test), ctx.y_test)
-        arch = read_json(ctx.output("distill", "student.json"))["arch"]
-        outputs = save_model(pruned, arch, stage_dir, "student-pruned")
-        if history:
-            outputs.append("train_log.csv")
-        return StageOutcome(
-            outputs=outputs,
-            metrics={
-                "pruned_top1": top1,
-                "student_top1": before_top1,
-                "top1_after_pruning_before_finetune": no_finetune_top1,
-                "macs_ratio": round(result.macs_ratio, 4),
-                "params_ratio": round(result.params_after / result.params_before, 4),
-                "pruning_steps": result.steps,
-                "widths": pruned.current_config().get("widths"),  # type: ignore[operator]
-            },
-        )
-
-    return ctx.run_stage("prune", inputs, body)

@@ -1,10 +1,10 @@
-"""Runs the stages of a recipe in a run directory, persists artifacts, skips and resumes.
+"""The run directory, its manifests, skip/resume, and what every stage shares (the task).
 
 Layout of a run directory::
 
     RUN/
-      cache/                 teacher outputs (memory-mapped .npy, keyed by content hashes)
-      distill/  prune/  export/  quantize/  verify/  profile/  bundle/  report/
+      cache/                 data and teacher outputs (memory-mapped .npy, keyed by hashes)
+      pretrain/ distill/  prune/  export/  quantize/  verify/  profile/  bundle/  report/
         manifest.json        written last: config, input hashes, outputs + sha256, metrics,
                              timings, library versions
       summary.json           one row per model: params, MACs, size, accuracy, latency
@@ -25,22 +25,20 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from rich.console import Console
 
-import edgedistill
 from edgedistill.artifacts import atomic_write_json, read_json, sha256_file, sha256_json
 from edgedistill.bench.env import environment
 from edgedistill.config import Recipe
-from edgedistill.data import ImageDataset, Normalization, load_idx_dataset, read_idx
 from edgedistill.distill.ddp import DataParallelContext
 from edgedistill.errors import StageError
+from edgedistill.tasks import InputSpec, Task
+from edgedistill.tasks.sources import build_task
 from edgedistill.teachers import FrozenTeacher, TeacherCard, load_teacher
 
-STAGES = ("distill", "prune", "export", "quantize", "verify", "profile", "bundle", "report")
 MANIFEST = "manifest.json"
-TRAINING_STAGES = frozenset({"distill", "prune"})  # every DDP process joins these
+TRAINING_STAGES = frozenset({"pretrain", "distill", "prune"})  # every DDP process joins these
 
 
 @dataclass
@@ -59,12 +57,20 @@ class RunContext:
         out_dir: Run directory (created).
         console: Where progress and results are printed.
         force: Re-run stages even when their inputs are unchanged.
+        version: The package version, part of every stage fingerprint.
     """
 
     def __init__(
-        self, recipe: Recipe, out_dir: Path, *, console: Console | None = None, force: bool = False
+        self,
+        recipe: Recipe,
+        out_dir: Path,
+        *,
+        console: Console | None = None,
+        force: bool = False,
+        version: str = "0",
     ) -> None:
         self.recipe = recipe
+        self.version = version
         self.out = Path(out_dir).resolve()
         self.out.mkdir(parents=True, exist_ok=True)
         self.console = console or Console(stderr=True)
@@ -75,32 +81,28 @@ class RunContext:
 
     # ---- shared inputs -------------------------------------------------------------------
     @cached_property
-    def dataset(self) -> ImageDataset:
-        """The recipe's dataset, with the training split limited by ``data.train_limit``."""
-        cfg = self.recipe.data
-        data = load_idx_dataset(cfg.path, cfg.labels, cfg.name)
-        data = data.subset_train(cfg.train_limit, self.recipe.seed)
-        if cfg.unlabelled is not None or not cfg.use_labels:
-            extra = read_idx(cfg.unlabelled)[:, None] if cfg.unlabelled is not None else None
-            empty = np.zeros((0, *data.x_train.shape[1:]), np.uint8)
-            data = data.with_unlabelled(
-                extra if extra is not None else empty, use_labels=cfg.use_labels
-            )
-        return data
+    def task(self) -> Task:
+        """The recipe's task (data source -> splits, labels, input contract)."""
+        task = build_task(self.recipe.data, cache_dir=self.out / "cache", seed=self.recipe.seed)
+        self.console.print(f"[dim]data: {task.summary()}[/]")
+        return task
 
-    @cached_property
+    @property
     def data_sha256(self) -> str:
-        return self.dataset.fingerprint()
+        return self.task.fingerprint
 
-    @cached_property
-    def normalization(self) -> Normalization:
-        """Student input normalisation, from the (possibly limited) training split."""
-        return Normalization.from_images(self.dataset.x_train)
+    @property
+    def has_teacher(self) -> bool:
+        """Whether the run has a teacher over the task's own input (a card)."""
+        return self.recipe.teacher is not None and self.recipe.teacher.card is not None
 
     @cached_property
     def teacher_and_card(self) -> tuple[FrozenTeacher, TeacherCard]:
-        teacher, card = load_teacher(self.recipe.teacher.card)
-        if self.recipe.teacher.adapt is not None:
+        cfg = self.recipe.teacher
+        if cfg is None or cfg.card is None:
+            raise StageError("this recipe has no teacher card (teacher.card)")
+        teacher, card = load_teacher(cfg.card)
+        if cfg.adapt is not None:
             teacher = self._adapted(teacher, card)
         return teacher, card
 
@@ -112,7 +114,7 @@ class RunContext:
         """
         from edgedistill.teachers.adapt import adapt_teacher
 
-        cfg = self.recipe.teacher.adapt
+        cfg = self.recipe.teacher.adapt if self.recipe.teacher is not None else None
         assert cfg is not None
         model = teacher.model
         if not hasattr(model, "forward_features"):
@@ -120,24 +122,19 @@ class RunContext:
                 f"teacher.adapt: teacher {card.name} ({card.arch}) has no forward_features(); "
                 "adaptation needs a feature extractor"
             )
-        spec = (card.raw.get("input") or {}).get("normalization") or {}
-        norm = (
-            Normalization(tuple(spec["mean"]), tuple(spec["std"]))
-            if "mean" in spec and "std" in spec
-            else self.normalization
-        )
-        labelled = self.dataset.y_train >= 0
+        task, spec = self.task, self.teacher_input
+        labelled = task.labelled
         return adapt_teacher(
             teacher,
             features_fn=_ForwardFeatures(model),
-            x_train=self.dataset.x_train[labelled],
-            y_train=self.dataset.y_train[labelled],
-            num_classes=len(self.dataset.labels),
+            x_train=task.x_train[labelled],
+            y_train=task.y_train[labelled],
+            num_classes=task.num_classes,
             cache_dir=self.out / "cache",
             data_key=self.data_sha256,
             method=cfg.method,
-            transform=norm.apply,
-            transform_key={"normalization": norm.as_dict()},
+            transform=spec.prepare,
+            transform_key={"normalization": spec.normalization()},
             epochs=cfg.epochs,
             lr=cfg.lr,
             weight_decay=cfg.weight_decay,
@@ -157,20 +154,26 @@ class RunContext:
         return self.teacher_and_card[1]
 
     @cached_property
-    def teacher_normalization(self) -> Normalization:
-        """The teacher's own input normalisation from its card (else the student's)."""
-        spec = (self.card.raw.get("input") or {}).get("normalization") or {}
-        if "mean" in spec and "std" in spec:
-            return Normalization(tuple(spec["mean"]), tuple(spec["std"]))
-        return self.normalization
-
-    @cached_property
-    def x_test(self) -> torch.Tensor:
-        return self.normalization.apply(self.dataset.x_test)
+    def teacher_input(self) -> InputSpec:
+        """The task's input contract with the teacher's own standardisation from its card
+        (``input.normalization.mean/std``), else the student's."""
+        cfg = self.recipe.teacher
+        if cfg is None or cfg.card is None:
+            return self.task.input
+        card_raw = TeacherCard.load(cfg.card).raw
+        spec = (card_raw.get("input") or {}).get("normalization") or {}
+        if "mean" in spec and "std" in spec and self.task.input.mean is not None:
+            return self.task.input.with_normalization(tuple(spec["mean"]), tuple(spec["std"]))
+        return self.task.input
 
     @property
-    def y_test(self) -> np.ndarray:
-        return self.dataset.y_test
+    def x_test(self) -> torch.Tensor:
+        """Model inputs of the held-out split."""
+        return self.task.test_inputs
+
+    @property
+    def y_test(self) -> Any:
+        return self.task.y_test
 
     def threads(self) -> int:
         return self.recipe.threads or max(1, torch.get_num_threads())
@@ -209,9 +212,7 @@ class RunContext:
         outputs, skip the rest, and receive rank 0's manifest.
         """
         stage_dir = self.stage_dir(name)
-        fingerprint = sha256_json(
-            {"stage": name, "inputs": inputs, "edgedistill": edgedistill.__version__}
-        )
+        fingerprint = sha256_json({"stage": name, "inputs": inputs, "edgedistill": self.version})
         ddp = DataParallelContext.current()
         unchanged = ddp.broadcast(self._unchanged(stage_dir, fingerprint) if ddp.is_main else None)
         if unchanged is not None:
@@ -305,23 +306,3 @@ def _headline(metrics: dict[str, Any]) -> str:
         if isinstance(v, int | float | str) and not isinstance(v, bool)
     ]
     return "  ".join(shown[:5])
-
-
-def run_pipeline(
-    recipe: Recipe,
-    out_dir: Path,
-    *,
-    until: str = "report",
-    console: Console | None = None,
-    force: bool = False,
-) -> RunContext:
-    """Run every stage up to and including ``until``; returns the context with manifests."""
-    from edgedistill import stages
-
-    if until not in STAGES:
-        raise StageError(f"unknown stage '{until}'; stages: {', '.join(STAGES)}")
-    ctx = RunContext(recipe, out_dir, console=console, force=force)
-    torch.set_num_threads(ctx.threads())
-    for name in STAGES[: STAGES.index(until) + 1]:
-        getattr(stages, f"stage_{name}")(ctx)
-    return ctx

@@ -1,0 +1,101 @@
+"""The ``bundle`` stage: one app-ready folder for every modality (:func:`write_bundle`), and
+the one INT8-or-FP32 decision of the chain (:func:`recommend`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgedistill.pipeline.context import RunContext, StageOutcome
+from edgedistill.pipeline.stages.export import deployed_models
+from edgedistill.pipeline.stages.report import latency_b1
+
+FP32_FILE, INT8_FILE = "model.onnx", "model-int8.onnx"
+SAMPLES = 8
+
+
+def final_fp32(ctx: RunContext) -> str:
+    """The model the chain ships: the pruned student, or the student when pruning is off."""
+    return "student-pruned" if ctx.recipe.prune.enabled else "student"
+
+
+def recommend(fp32_ms: float | None, int8_ms: float | None) -> tuple[str, str]:
+    """Which bundled file to ship and why: INT8 only when it is faster than FP32 in ONNX
+    Runtime at batch 1 (both already passed the verify gates).
+
+    Returns:
+        (file name, one-line reason).
+    """
+    if int8_ms is None:
+        return FP32_FILE, "no INT8 model (quantize disabled) or no INT8 latency"
+    if fp32_ms is None:
+        return FP32_FILE, "no ONNX Runtime latency to compare INT8 with"
+    faster = int8_ms < fp32_ms
+    reason = (
+        f"INT8 is {'faster' if faster else 'not faster'} than FP32 in ONNX Runtime at batch 1 "
+        f"({int8_ms:.4f} vs {fp32_ms:.4f} ms p50)"
+    )
+    return (INT8_FILE if faster else FP32_FILE), reason
+
+
+def stage_bundle(ctx: RunContext) -> dict[str, Any]:
+    """A folder an app can embed: models, manifest with sha256 of every file, samples,
+    ``example.py`` (numpy + onnxruntime) for raw input of the task's modality, README."""
+    upstream = [s for s in ("export", "quantize", "verify", "profile") if s in ctx.manifests]
+    inputs = {**ctx.output_hashes(*upstream), "data": ctx.data_sha256}
+
+    def body(stage_dir: Path, fingerprint: str) -> StageOutcome:
+        from edgedistill.export.bundle import BundledModel, write_bundle
+
+        task = ctx.task
+        bundle = stage_dir / "app"  # the stage's own manifest.json stays one level up
+        deployed = {m.name: m for m in deployed_models(ctx)}
+        fp32 = final_fp32(ctx)
+        chosen = {FP32_FILE: deployed[fp32]}
+        if f"{fp32}-int8" in deployed:
+            chosen[INT8_FILE] = deployed[f"{fp32}-int8"]
+        verify = ctx.manifests["verify"]["metrics"]
+        latency = latency_b1(ctx)
+
+        def p50(name: str) -> float | None:
+            value = latency.get(name, {}).get("onnxruntime", {}).get("p50")
+            return None if value is None else float(value)
+
+        int8_ms = p50(f"{fp32}-int8") if INT8_FILE in chosen else None
+        recommended, reason = recommend(p50(fp32), int8_ms)
+        count = min(SAMPLES, len(task.y_test))
+        picks = np.sort(np.random.default_rng(0).choice(len(task.y_test), count, replace=False))
+        models = {
+            file: BundledModel(
+                onnx=m.onnx,
+                precision=m.precision,
+                source=m.name,
+                metric=verify.get(f"{m.name}_top1"),
+                latency_ms_batch1=latency.get(m.name, {}),
+            )
+            for file, m in chosen.items()
+        }
+        write_bundle(
+            bundle,
+            name=ctx.recipe.name,
+            dataset=task.name,
+            input_spec=task.input,
+            labels=task.labels,
+            models=models,
+            recommended=recommended,
+            recommended_reason=reason,
+            samples=task.x_test[picks],
+            sample_labels=[int(y) for y in task.y_test[picks]],
+            metrics={k: v for k, v in verify.items() if isinstance(v, int | float)},
+            latency={"batch1_ms": {m.source: m.latency_ms_batch1 for m in models.values()}},
+        )
+        outputs = sorted(p.relative_to(stage_dir).as_posix() for p in bundle.iterdir())
+        model = chosen[recommended].name
+        return StageOutcome(
+            outputs,
+            {"recommended": recommended, "model": model, "reason": reason, "path": str(bundle)},
+        )
+
+    return ctx.run_stage("bundle", inputs, body)

@@ -1,0 +1,122 @@
+"""The base of every recipe section: typed, frozen, unknown keys refused, one-line errors.
+
+Shared by the recipe schema (:mod:`edgedistill.config`) and the data sources
+(:mod:`edgedistill.tasks.sources`), which register their own sections.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo
+
+from edgedistill.errors import RecipeError
+
+
+class Section(BaseModel):
+    """A recipe section: frozen, and unknown keys are errors (a typo never passes silently)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def resolve_path(value: Path, info: ValidationInfo) -> Path:
+    """A path from a recipe, resolved against the recipe file's folder (validation context)."""
+    base = (info.context or {}).get("base_dir")
+    path = Path(value).expanduser()
+    if base is not None and not path.is_absolute():
+        path = Path(base) / path
+    return path.resolve()
+
+
+def existing_dir(value: Path, info: ValidationInfo) -> Path:
+    """:func:`resolve_path` that must name a folder."""
+    path = resolve_path(value, info)
+    if not path.is_dir():
+        raise ValueError(f"folder {str(path)!r} does not exist")
+    return path
+
+
+def existing_file(value: Path, info: ValidationInfo) -> Path:
+    """:func:`resolve_path` that must name a file."""
+    path = resolve_path(value, info)
+    if not path.is_file():
+        raise ValueError(f"file {str(path)!r} does not exist")
+    return path
+
+
+def validate_section(
+    model: type[BaseModel], raw: Any, *, base_dir: Path | None, source: str, prefix: str = ""
+) -> Any:
+    """Validate ``raw`` as ``model``; the first problem becomes a one-line RecipeError."""
+    try:
+        return model.model_validate(raw, context={"base_dir": base_dir})
+    except ValidationError as exc:
+        raise RecipeError(f"{source}: {describe_validation_error(exc, model, prefix)}") from None
+
+
+def read_yaml(path: Path, what: str) -> Any:
+    """Parse a YAML file; a missing file or bad YAML is a one-line :class:`RecipeError`."""
+    if not path.is_file():
+        raise RecipeError(f"{what} file '{path}' does not exist")
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise RecipeError(f"{path}: not valid YAML{where}") from None
+
+
+def _model_at(model: type[BaseModel], loc: tuple[int | str, ...]) -> type[BaseModel] | None:
+    """The pydantic model class that owns the field at ``loc`` (for listing allowed keys)."""
+    current: Any = model
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        fields = getattr(current, "model_fields", None)
+        if fields is None or part not in fields:
+            return None
+        annotation = fields[part].annotation
+        current = _first_model(annotation)
+        if current is None:
+            return None
+    return current if isinstance(current, type) and issubclass(current, BaseModel) else None
+
+
+def _first_model(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()):
+        found = _first_model(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def describe_validation_error(exc: ValidationError, root: type[BaseModel], prefix: str = "") -> str:
+    """Turn pydantic's error list into one line: field, value, what is allowed.
+
+    ``prefix`` names the section ``root`` validates (e.g. "data") in the message.
+    """
+    errors = exc.errors()
+    first = errors[0]
+    loc = tuple(first["loc"])
+    field = ".".join(str(p) for p in ((prefix,) if prefix else ()) + loc) or "(top level)"
+    kind = first["type"]
+    value = first.get("input")
+    if kind == "extra_forbidden":
+        owner = _model_at(root, loc[:-1])
+        allowed = ", ".join(owner.model_fields) if owner else "see the documentation"
+        message = f"unknown key '{field}' (allowed here: {allowed})"
+    elif kind == "missing":
+        message = f"'{field}' is required"
+    else:
+        shown = repr(value)
+        if len(shown) > 80:
+            shown = shown[:77] + "..."
+        reason = str(first["msg"]).removeprefix("Value error, ")
+        message = f"{field} = {shown}: {reason}"
+    if len(errors) > 1:
+        message += f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})"
+    return message
