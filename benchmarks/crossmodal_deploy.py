@@ -1,8 +1,11 @@
-"""The cross-modal recipe end to end: video teacher -> IMU student -> INT8 bundle, timed.
+"""The main job end to end, twice from scratch, then re-run in place: time, accuracy,
+reproducibility.
 
-Runs ``edgedistill crossmodal students/egocentric_comodo.yaml`` from an empty run directory
-(the synthetic data and teacher embeddings included), then runs the bundle's ``example.py`` on
-the raw sample window it ships (CSV and .npy), exactly as an app developer would.
+Runs ``edgedistill run students/egocentric_comodo.yaml`` into two empty run folders (the
+synthetic data, teacher embeddings, pre-training, fine-tuning, prune, INT8, verify, profile,
+bundle and report each time), compares the bundled models byte for byte, re-runs the first
+folder in place (every stage must be skipped), then runs the bundle's ``example.py`` on the raw
+sample window it ships (CSV and .npy), exactly as an app developer would.
 
     python benchmarks/crossmodal_deploy.py [--recipe students/egocentric_comodo.yaml]
 
@@ -20,9 +23,11 @@ import sys
 import time
 from pathlib import Path
 
+from edgedistill.artifacts import sha256_file
 from edgedistill.report.benchmarks import update_section, write_results
 
 ROOT = Path(__file__).resolve().parents[1]
+MODELS = ("model.onnx", "model-int8.onnx")
 
 
 def main() -> None:
@@ -33,15 +38,28 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=ROOT / "runs" / "bench-crossmodal-deploy")
     args = parser.parse_args()
     shutil.rmtree(args.work, ignore_errors=True)
-    cli = [sys.executable, "-m", "edgedistill.cli.app", "crossmodal", str(args.recipe)]
+    cli = [sys.executable, "-m", "edgedistill.cli.app", "run", str(args.recipe)]
+    runs, seconds = [args.work / "a", args.work / "b"], []
+    for folder in runs:
+        started = time.perf_counter()
+        subprocess.run([*cli, "--out", str(folder)], check=True)
+        seconds.append(time.perf_counter() - started)
     started = time.perf_counter()
-    subprocess.run([*cli, "--out", str(args.work)], check=True)
-    first = time.perf_counter() - started
-    started = time.perf_counter()
-    subprocess.run([*cli, "--out", str(args.work)], check=True, capture_output=True)
+    rerun_log = subprocess.run(
+        [*cli, "--out", str(runs[0])], check=True, capture_output=True, text=True
+    ).stderr
     rerun = time.perf_counter() - started
-    summary = json.loads((args.work / "summary.json").read_text())
-    bundle = args.work / "deploy" / "bundle"
+    skipped = rerun_log.count("unchanged, skipped")
+    hashes = {
+        name: [sha256_file(folder / "bundle" / "app" / name) for folder in runs] for name in MODELS
+    }
+    identical = all(a == b for a, b in hashes.values())
+    summaries = [json.loads((folder / "summary.json").read_text()) for folder in runs]
+    summary = summaries[0]
+    same_accuracy = [[m["accuracy"] for m in s["models"]] for s in summaries] == [
+        [m["accuracy"] for m in summary["models"]]
+    ] * 2
+    bundle = runs[0] / "bundle" / "app"
     examples = {}
     for sample in ("sample_window.csv", "sample_window.npy"):
         done = subprocess.run(
@@ -51,20 +69,22 @@ def main() -> None:
             text=True,
         )
         examples[sample] = done.stdout.strip()
-    manifest = json.loads((bundle / "manifest.json").read_text())
-    deploy = summary["deploy"]
+    rows_by_name = {m["name"]: m for m in summary["models"]}
+    fp32, int8 = rows_by_name["student-pruned"], rows_by_name["student-pruned-int8"]
+    pretrain = summary.get("pretrain", {})
     rows = [
-        {"metric": "seconds_first_run", "value": round(first, 1)},
-        {"metric": "seconds_rerun", "value": round(rerun, 1)},
-        {"metric": "teacher_probe_top1", "value": summary["teacher_probe_top1"]},
+        {"metric": "seconds_first_run", "value": round(seconds[0], 1)},
+        {"metric": "seconds_second_fresh_run", "value": round(seconds[1], 1)},
+        {"metric": "seconds_rerun_in_place", "value": round(rerun, 1)},
+        {"metric": "stages_skipped_on_rerun", "value": skipped},
+        {"metric": "bundled_models_byte_identical", "value": identical},
+        {"metric": "accuracies_identical", "value": same_accuracy},
+        {"metric": "teacher_probe_top1", "value": pretrain.get("teacher_probe_top1")},
         *(
-            {"metric": f"student_probe_top1_{k}", "value": v}
-            for k, v in summary["student_probe_top1"].items()
+            {"metric": f"student_probe_top1 ({k})", "value": v}
+            for k, v in pretrain.get("student_probe_top1", {}).items()
         ),
-        {"metric": "top1_torch", "value": deploy["top1_torch"]},
-        {"metric": "top1_onnx_fp32", "value": deploy["top1_onnx_fp32"]},
-        {"metric": "top1_onnx_int8", "value": deploy["top1_onnx_int8"]},
-        {"metric": "int8_accuracy_drop", "value": deploy["int8_accuracy_drop"]},
+        *({"metric": f"top1 {m['name']}", "value": m["accuracy"]} for m in summary["models"]),
     ]
     doc = write_results(
         ROOT / "benchmarks" / "results" / "crossmodal_deploy.json",
@@ -72,37 +92,40 @@ def main() -> None:
         recipe=str(args.recipe.relative_to(ROOT))
         if args.recipe.is_relative_to(ROOT)
         else str(args.recipe),
+        hashes=hashes,
         summary=summary,
         examples=examples,
-        input_spec=manifest["input"],
     )
     env = doc["environment"]
-    lat = deploy["latency_ms"]
+    p50 = {
+        name: row["latency_ms"].get(runtime, {}).get("p50")
+        for name, row in (("fp32", fp32), ("int8", int8))
+        for runtime in ("onnxruntime",)
+    }
+    drop = fp32["accuracy"] - int8["accuracy"]
     lines = [
-        "## Cross-modal recipe end to end: video teacher → IMU INT8 bundle",
+        "## The main job end to end: video teacher → IMU INT8 bundle",
         "",
         f"`{doc['command']}` — {env['cpu']}, {env['cpu_count']} cores, {doc['date']}.",
-        f"`edgedistill crossmodal {doc['recipe']}` from an empty run directory: **{first:.0f} s** "
-        f"(synthetic data, teacher embeddings, pre-training, fine-tuning, prune, INT8, verify, "
-        f"profile, bundle); unchanged re-run {rerun:.0f} s.",
+        f"`edgedistill run {doc['recipe']}` from an empty run folder: **{seconds[0]:.0f} s** and "
+        f"{seconds[1]:.0f} s in a second empty folder (synthetic data, teacher embeddings, "
+        "pre-training, fine-tuning, prune, INT8, verify, profile, bundle, report); unchanged "
+        f"re-run in place {rerun:.1f} s with {skipped} of 9 stages skipped.",
+        f"Bundled `model.onnx` and `model-int8.onnx` byte-identical across the two fresh runs: "
+        f"**{'yes' if identical else 'NO'}**; same accuracies: {'yes' if same_accuracy else 'NO'}.",
         "",
         "| | value |",
         "|---|---|",
-        f"| teacher linear probe (held-out subjects) | {summary['teacher_probe_top1']:.1f}% |",
+        f"| teacher linear probe (held-out subjects) | {pretrain.get('teacher_probe_top1')}% |",
         *(
-            f"| student linear probe after label-free pre-training, {k} labels | {v:.1f}% |"
-            for k, v in summary["student_probe_top1"].items()
+            f"| student linear probe after label-free pre-training, {k} | {v:.1f}% |"
+            for k, v in pretrain.get("student_probe_top1", {}).items()
         ),
-        f"| fine-tuned student, torch (after prune + recovery) | {deploy['top1_torch']:.2f}% |",
-        f"| FP32 ONNX / INT8 ONNX | {deploy['top1_onnx_fp32']:.2f}% / {deploy['top1_onnx_int8']:.2f}% |",
-        f"| INT8 loss vs FP32 (bar ≤ 1 point) | {'✅' if deploy['int8_accuracy_drop'] <= 1 else '❌'} "
-        f"{deploy['int8_accuracy_drop']:+.2f} points |",
-        f"| MACs before → after pruning | {deploy['macs_before']:,} → {deploy['macs_after']:,} |",
-        f"| batch-1 p50: torch / ORT FP32 / ORT INT8 | {lat['torch']['p50']:.3f} / "
-        f"{lat['onnxruntime_fp32']['p50']:.3f} / {lat['onnxruntime_int8']['p50']:.3f} ms |"
-        if {"torch", "onnxruntime_fp32", "onnxruntime_int8"} <= set(lat)
-        else f"| latency (ms) | {json.dumps(lat)} |",
-        f"| bundle recommends | `{deploy['recommended']}` |",
+        *(f"| {m['name']} (ONNX Runtime) | {m['accuracy']:.2f}% |" for m in summary["models"]),
+        f"| INT8 loss vs FP32 (bar ≤ 1 point) | {'✅' if drop <= 1 else '❌'} {drop:+.2f} points |",
+        f"| MACs student-pruned | {fp32['macs']:,} |",
+        f"| batch-1 p50 ORT FP32 / INT8 | {p50['fp32']} / {p50['int8']} ms |",
+        f"| bundle recommends | `{summary['recommended']['file']}` ({summary['recommended']['reason']}) |",
         "",
         "The bundle's example on the raw window it ships (`python example.py sample_window.csv`):",
         "",

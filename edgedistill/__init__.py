@@ -35,8 +35,8 @@ from edgedistill.tasks.sources import SOURCES, build_task, register_source
 from edgedistill.teachers import FrozenTeacher, load_teacher
 
 __all__ = [
-    "STAGES",
     "SOURCES",
+    "STAGES",
     "STUDENTS",
     "ComodoLoss",
     "DataError",
@@ -44,8 +44,8 @@ __all__ = [
     "FrozenTeacher",
     "GateError",
     "ImageDataset",
-    "KDLoss",
     "InputSpec",
+    "KDLoss",
     "LossTermSpec",
     "MissingDependencyError",
     "MultiExitStudent",

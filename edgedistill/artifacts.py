@@ -1,4 +1,4 @@
-"""Run-directory primitives: atomic writes, file hashes, stage manifests.
+"""Run-directory primitives: atomic writes, file hashes, stage manifests, safe weight reads.
 
 Nothing is ever visible under its final name half-written: every artifact is written to a
 temporary file in the same folder and moved into place with :func:`os.replace` (atomic on
@@ -11,11 +11,18 @@ import contextlib
 import hashlib
 import json
 import os
+import pickle
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+
+from edgedistill.errors import RecipeError, UnsafeFileError
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
@@ -92,3 +99,39 @@ def atomic_copy(src: Path, dest: Path) -> None:
 def read_json(path: Path) -> Any:
     """Parse a JSON file."""
     return json.loads(Path(path).read_text())
+
+
+def load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
+    """Read a state dict: ``.safetensors`` with safetensors, anything else as a weights-only pickle.
+
+    A checkpoint that wraps the state dict under ``state_dict`` or ``model`` is unwrapped.
+
+    Raises:
+        RecipeError: the file does not exist or holds no state dict.
+        UnsafeFileError: the pickle references anything but tensors and plain containers.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError(f"weights file {path} does not exist")
+    if path.suffix == ".safetensors":
+        try:
+            return load_file(str(path))
+        except (SafetensorError, OSError) as exc:
+            raise RecipeError(f"weights file {path}: cannot read: {exc}") from None
+    try:
+        state: Any = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        text = str(exc)
+        if "Weights only load failed" not in text:
+            raise RecipeError(f"weights file {path}: cannot read: {text[:200]}") from None
+        marker = "WeightsUnpickler error:"
+        after = text.split(marker, 1)[1].strip() if marker in text else "not weights-only"
+        why = after.splitlines()[0].split(" was not", 1)[0] if after else "not weights-only"
+        raise UnsafeFileError(f"weights file {path}: refused by weights_only ({why})") from None
+    except (RuntimeError, EOFError) as exc:
+        raise RecipeError(f"weights file {path}: cannot read: {str(exc)[:200]}") from None
+    if isinstance(state, dict) and not any(isinstance(v, torch.Tensor) for v in state.values()):
+        state = state.get("state_dict", state.get("model", state))
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise RecipeError(f"weights file {path}: not a state dict of tensors")
+    return state

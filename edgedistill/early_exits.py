@@ -25,7 +25,8 @@ from edgedistill.compress.quantize import quantize_onnx_static
 from edgedistill.errors import GateError, RecipeError
 from edgedistill.export.onnx import INPUT_NAME, export_onnx
 from edgedistill.metrics import count_macs, count_params, topk_accuracy
-from edgedistill.runtime import OnnxRuntimeRunner, compare_outputs, run_batched
+from edgedistill.runtime import OnnxRuntimeRunner, run_batched
+from edgedistill.runtime.compare import check_parity
 from edgedistill.students.base import PooledClassifier
 from edgedistill.students.multi_exit import (
     MultiExitDeploy,
@@ -162,12 +163,9 @@ def _head_macs(deploy: MultiExitDeploy, input_shape: tuple[int, ...]) -> list[in
 
 
 def _check_parity(index: int, graph: str, ref: np.ndarray, got: np.ndarray, tol: float) -> float:
-    cmp = compare_outputs(ref, got)
-    if not cmp.max_abs_diff <= tol:  # NaN fails too
-        raise GateError(
-            f"exit {index}: {graph} in ONNX Runtime differs from torch by {cmp.max_abs_diff:.3g} "
-            f"> {tol:g} (sample {cmp.worst_index[0]}, class {cmp.worst_index[1]})"
-        )
+    cmp, failure = check_parity(ref, got, tol, what=f"exit {index}: {graph}", runtime="onnxruntime")
+    if failure is not None:
+        raise GateError(failure)
     return cmp.max_abs_diff
 
 

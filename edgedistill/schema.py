@@ -111,6 +111,9 @@ def describe_validation_error(exc: ValidationError, root: type[BaseModel], prefi
         message = f"unknown key '{field}' (allowed here: {allowed})"
     elif kind == "missing":
         message = f"'{field}' is required"
+    elif isinstance(value, dict):  # a whole section was rejected: its content says nothing
+        reason = str(first["msg"]).removeprefix("Value error, ")
+        message = f"{field}: {reason}"
     else:
         shown = repr(value)
         if len(shown) > 80:

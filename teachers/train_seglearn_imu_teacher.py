@@ -142,9 +142,11 @@ def main() -> None:
         "taps": ["stages.0", "stages.1", "stages.2"],
         "data": f"seglearn smartwatch set: watch_dataset.npy shipped inside the PyPI package "
         f"seglearn {seglearn['Version']} (10 subjects, 7 shoulder exercises, 6-axis wrist IMU "
-        "at 50 Hz), read by edgedistill.data.imu.load_watch_dataset.",
+        "at 50 Hz; study: Burns et al., arXiv:1802.01489), read by "
+        "edgedistill.data.imu.load_watch_dataset.",
         "license": f"seglearn declares License: {seglearn['License']} (its LICENSE file is the "
-        "3-clause BSD text, (c) 2018 David M. Burns); the dataset has no separate terms.",
+        "3-clause BSD text, (c) 2018 David M. Burns); no separate licence is stated for the "
+        "data file, which ships inside the package.",
     }
     args.card.parent.mkdir(parents=True, exist_ok=True)
     args.card.write_text(yaml.safe_dump(card, sort_keys=False))

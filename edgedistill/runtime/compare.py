@@ -40,3 +40,28 @@ def compare_outputs(reference: np.ndarray, candidate: np.ndarray) -> Comparison:
         top1_agreement=agreement(reference, candidate),
         samples=int(reference.shape[0]),
     )
+
+
+def check_parity(
+    reference: np.ndarray, candidate: np.ndarray, tolerance: float, *, what: str, runtime: str
+) -> tuple[Comparison, str | None]:
+    """The FP32 parity gate, written once: ``max |candidate - reference| <= tolerance``.
+
+    Args:
+        reference: [N, K] torch outputs; candidate: the exported model's outputs.
+        tolerance: Largest allowed absolute difference (NaN always fails).
+        what: The model (or graph) named in the failure; runtime: where it ran.
+
+    Returns:
+        The comparison, and a one-line failure naming the model, runtime, sample and output
+        (None when the gate holds).
+    """
+    cmp = compare_outputs(reference, candidate)
+    if cmp.max_abs_diff <= tolerance:  # NaN compares False: it fails
+        return cmp, None
+    sample, *output = cmp.worst_index
+    return cmp, (
+        f"{what} in {runtime} differs from torch by {cmp.max_abs_diff:.3g} > {tolerance:g} at "
+        f"sample {sample}, output {output[0] if output else 0} (torch {cmp.reference_value:.6g}, "
+        f"{runtime} {cmp.candidate_value:.6g})"
+    )

@@ -166,7 +166,7 @@ class TimmStudent(nn.Module):
 
     def _load_initial(self, path: Path, in_chans: int) -> None:
         """Load local initial weights (see the class docstring)."""
-        from edgedistill.teachers.image import load_state_dict_file  # avoids an import cycle
+        from edgedistill.artifacts import load_state_dict_file
 
         state = load_state_dict_file(path)
         if state and all(k.startswith("model.") for k in state):

@@ -18,7 +18,6 @@ order (:func:`imagenet_labels`).
 
 from __future__ import annotations
 
-import pickle
 from pathlib import Path
 from types import ModuleType
 from typing import Any, Literal
@@ -26,12 +25,11 @@ from typing import Any, Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors import SafetensorError
-from safetensors.torch import load_file
 from torch import nn
 
+from edgedistill.artifacts import load_state_dict_file
 from edgedistill.data.packaged import import_optional, pinned_package_file
-from edgedistill.errors import RecipeError, UnsafeFileError
+from edgedistill.errors import RecipeError
 from edgedistill.teachers.base import FrozenTeacher
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
@@ -79,42 +77,6 @@ def imagenet_weights(name: Literal["mobilenet_v2", "efficientnet_lite0"]) -> tup
         module, relative, digest, package=package, extra=EXTRA, purpose=purpose, hint=hint
     )
     return path, digest
-
-
-def load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
-    """Read a state dict: ``.safetensors`` with safetensors, anything else as a weights-only pickle.
-
-    A checkpoint that wraps the state dict under ``state_dict`` or ``model`` is unwrapped.
-
-    Raises:
-        RecipeError: the file does not exist or holds no state dict.
-        UnsafeFileError: the pickle references anything but tensors and plain containers.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise RecipeError(f"weights file {path} does not exist")
-    if path.suffix == ".safetensors":
-        try:
-            return load_file(str(path))
-        except (SafetensorError, OSError) as exc:
-            raise RecipeError(f"weights file {path}: cannot read: {exc}") from None
-    try:
-        state: Any = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        text = str(exc)
-        if "Weights only load failed" not in text:
-            raise RecipeError(f"weights file {path}: cannot read: {text[:200]}") from None
-        marker = "WeightsUnpickler error:"
-        after = text.split(marker, 1)[1].strip() if marker in text else "not weights-only"
-        why = after.splitlines()[0].split(" was not", 1)[0] if after else "not weights-only"
-        raise UnsafeFileError(f"weights file {path}: refused by weights_only ({why})") from None
-    except (RuntimeError, EOFError) as exc:
-        raise RecipeError(f"weights file {path}: cannot read: {str(exc)[:200]}") from None
-    if isinstance(state, dict) and not any(isinstance(v, torch.Tensor) for v in state.values()):
-        state = state.get("state_dict", state.get("model", state))
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise RecipeError(f"weights file {path}: not a state dict of tensors")
-    return state
 
 
 def _load_strict(model: nn.Module, state: dict[str, torch.Tensor], what: str) -> None:

@@ -20,6 +20,7 @@ from edgedistill.runtime import (
     compare_outputs,
     run_batched,
 )
+from edgedistill.runtime.compare import check_parity
 
 
 def stage_verify(ctx: RunContext) -> dict[str, Any]:
@@ -86,16 +87,13 @@ def verify_models(ctx: RunContext, models: list[DeployedModel]) -> dict[str, Any
                     with OpenVinoRunner(model.openvino, model.name, threads, "f32") as ov:
                         checks.append(("openvino", run_batched(ov, x_parity)))
                 for runtime, candidate in checks:
-                    cmp = compare_outputs(ref, candidate)
+                    cmp, failure = check_parity(
+                        ref, candidate, gates.fp32_max_abs_diff, what=model.name, runtime=runtime
+                    )
                     key = "max_abs_diff" if runtime == "onnxruntime" else f"max_abs_diff_{runtime}"
                     row[key] = cmp.max_abs_diff
-                    if not cmp.max_abs_diff <= gates.fp32_max_abs_diff:  # NaN fails too
-                        failures.append(
-                            f"{model.name} in {runtime} differs from torch by {cmp.max_abs_diff:.3g} "
-                            f"> {gates.fp32_max_abs_diff:g} at sample {cmp.worst_index[0]}, output "
-                            f"{cmp.worst_index[1]} (torch {cmp.reference_value:.6g}, "
-                            f"{runtime} {cmp.candidate_value:.6g})"
-                        )
+                    if failure is not None:
+                        failures.append(failure)
             if model.source is not None:
                 fp32 = logits_by_name[model.source]
                 row["top1_agreement_with_fp32"] = compare_outputs(fp32, logits).top1_agreement
