@@ -41,8 +41,8 @@ from edgedistill.distill.objective import LossTermSpec
 from edgedistill.distill.trainer import TrainSettings, train_student
 from edgedistill.metrics import count_params, predict_logits, topk_accuracy
 from edgedistill.pipeline.context import RunContext
-from edgedistill.report.benchmarks import update_section, write_results
 from edgedistill.pipeline.stages.distill import teacher_features_for, teacher_logits_for
+from edgedistill.report.benchmarks import update_section, write_results
 from edgedistill.students import build_model
 from edgedistill.students.multi_exit import MultiExitStudent
 from edgedistill.teachers.image import tap_features

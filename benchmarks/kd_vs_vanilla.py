@@ -23,8 +23,8 @@ from edgedistill.config import load_recipe
 from edgedistill.distill.trainer import TrainSettings, train_student
 from edgedistill.metrics import count_params, predict_logits, topk_accuracy
 from edgedistill.pipeline.context import RunContext
-from edgedistill.report.benchmarks import update_section, write_results
 from edgedistill.pipeline.stages.distill import teacher_logits_for
+from edgedistill.report.benchmarks import update_section, write_results
 from edgedistill.students import build_model
 
 ROOT = Path(__file__).resolve().parents[1]

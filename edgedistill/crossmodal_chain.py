@@ -202,6 +202,11 @@ def finetune_classifier(
     batch_size: int = 32,
 ) -> TrainResult:
     """Supervised training of a fresh task head (and the trunk) with cross-entropy."""
+    # The fresh head is initialised from the global torch RNG. Its state here depended on what
+    # ran before in the process (pre-training consumes it; a re-run that reloads the
+    # pre-trained weights does not), so the same recipe and seed gave a different head, hence
+    # a different fine-tuned, pruned and exported model. Seed the head from ``seed``.
+    torch.manual_seed(seed)
     model.reset_classifier(num_classes)  # type: ignore[operator]
     settings = TrainSettings(
         epochs=epochs,

@@ -201,7 +201,7 @@ def evaluate_exits(
         exported: Files of an earlier :func:`export_exits` of this student; skips exporting.
 
     Raises:
-        GateError: An exit's exported graph differs from torch by more than ``tolerance``.
+        GateError: An exit's exported graph is further from torch than ``tolerance``.
         RecipeError: Inputs or settings are inconsistent.
     """
     deploy = _deploy(student)

@@ -189,7 +189,12 @@ def linear_probe(
     scaler = StandardScaler().fit(x[rows])
     # lbfgs fits the multinomial (softmax) model for > 2 classes: `multi_class` is gone in sklearn 1.8
     model = LogisticRegression(C=C, solver="lbfgs", max_iter=max_iter)
-    model.fit(scaler.transform(x[rows]), y[rows])
+    # One BLAS thread: lbfgs's result depends (slightly) on the thread count of the BLAS
+    # reductions, and a probe must give the same number on every machine.
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1):
+        model.fit(scaler.transform(x[rows]), y[rows])
     accuracy = float((model.predict(scaler.transform(tx)) == ty).mean() * 100.0)
     return ProbeResult(accuracy, len(rows), labels_per_class, classes)
 

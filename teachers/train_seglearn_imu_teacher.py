@@ -77,10 +77,7 @@ def main() -> None:
         "--out", type=Path, default=HERE / "weights" / "seglearn_watch_imu_cnn.safetensors"
     )
     parser.add_argument("--card", type=Path, default=HERE / "seglearn_watch_imu_cnn.yaml")
-    parser.add_argument(
-        "--val-subject", type=int, default=None,
-        help="choose settings: train on the other training subjects, report this one, write nothing",
-    )  # fmt: skip
+    parser.add_argument("--val-subject", type=int, help="hold out this training subject")
     args = parser.parse_args()
 
     torch.set_num_threads(1)

@@ -15,12 +15,12 @@ from onnx import numpy_helper
 from rich.console import Console
 
 from edgedistill.config import Recipe
-from edgedistill.pipeline.stages.export import deployed_models
-from edgedistill.pipeline.stages.verify import stage_verify, verify_models
 from edgedistill.errors import GateError
 from edgedistill.metrics import topk_accuracy
 from edgedistill.pipeline.context import RunContext
 from edgedistill.pipeline.run import run_pipeline
+from edgedistill.pipeline.stages.export import deployed_models
+from edgedistill.pipeline.stages.verify import stage_verify, verify_models
 from edgedistill.runtime import OnnxRuntimeRunner, run_batched
 
 _BASE_RUNS: dict[str, Path] = {}

@@ -27,7 +27,7 @@ from torch import nn
 
 from edgedistill.artifacts import atomic_save
 from edgedistill.distill.dino import dino_loss, dino_teacher_targets, ema_update, update_center
-from edgedistill.distill.trainer import ProgressFn
+from edgedistill.distill.trainer import ProgressFn, save_checkpoint
 
 Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 
@@ -374,7 +374,7 @@ def pretrain_dino(
                 "epoch": epoch + 1,
                 "history": result.history,
             }
-            atomic_save(checkpoint_path, lambda tmp, s=state: torch.save(s, tmp))  # type: ignore[misc]
+            atomic_save(checkpoint_path, lambda tmp, s=state: save_checkpoint(s, tmp))  # type: ignore[misc]
         if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch:
             break
     model.eval()

@@ -9,6 +9,7 @@ of epoch e depends only on the generator state saved after epoch e-1.
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import time
 from collections.abc import Callable
@@ -259,7 +260,7 @@ def train_student(
                 "objective": objective.state(),
                 "best": best,
             }
-            atomic_save(checkpoint_path, lambda tmp, s=state: torch.save(s, tmp))  # type: ignore[misc]
+            atomic_save(checkpoint_path, functools.partial(_save_checkpoint, state))
         objective.train(False)
         if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch:
             break
@@ -274,6 +275,17 @@ def train_student(
     model.eval()
     result.seconds = time.perf_counter() - started
     return result
+
+
+def save_checkpoint(state: dict[str, Any], path: Path) -> None:
+    """``torch.save`` through a file object, so equal checkpoints are equal bytes.
+
+    Given a path, torch.save names the zip archive's top folder after the file, and
+    ``atomic_save`` writes to a randomly named temporary file: identical checkpoints of two
+    runs differed byte-wise. Through a file object the folder is always ``archive``.
+    """
+    with open(path, "wb") as fh:
+        torch.save(state, fh)
 
 
 def _scheduler(

@@ -128,10 +128,10 @@ class InputSpec:
         """The preprocessing in one line, for humans."""
         if self.dtype == "int64":
             return "input = token ids (see tokenizer)"
-        scaled = "raw" if self.divisor == 1.0 else f"raw / {self.divisor:g}"
+        scale = "" if self.divisor == 1.0 else f" / {self.divisor:g}"
         if self.mean is None:
-            return f"input = {scaled}"
-        return f"input[c] = ({scaled}[c] - mean[c]) / std[c]"
+            return f"input = raw{scale}"
+        return f"input[c] = (raw[c]{scale} - mean[c]) / std[c]"
 
     def as_dict(self) -> dict[str, Any]:
         """The complete input contract, as written to a bundle manifest."""
