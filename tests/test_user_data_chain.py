@@ -74,7 +74,7 @@ def test_png_folder_runs_the_whole_chain(tmp_path: Path) -> None:
     out = _run(tmp_path, recipe)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["modality"] == "image"
-    assert [m["name"] for m in summary["models"]][0] == "student"  # no teacher row
+    assert summary["models"][0]["name"] == "student"  # no teacher row
     bundle = out / "bundle" / "app"
     manifest = json.loads((bundle / "manifest.json").read_text())
     assert manifest["input"]["shape"] == ["N", 3, 24, 20] and manifest["labels"] == [
@@ -100,7 +100,9 @@ def test_imu_csv_folder_runs_the_whole_chain(tmp_path: Path) -> None:
             t = np.arange(400) / 50.0
             ax = np.sin(2 * np.pi * 2 * t) * (label == "wave") + rng.normal(0, 0.1, t.size)
             ay = rng.normal(0, 0.1, t.size)
-            lines = ["time,ax,ay"] + [f"{a:.4f},{b:.5f},{c:.5f}" for a, b, c in zip(t, ax, ay)]
+            lines = ["time,ax,ay"] + [
+                f"{a:.4f},{b:.5f},{c:.5f}" for a, b, c in zip(t, ax, ay, strict=True)
+            ]
             (tmp_path / "rec").mkdir(exist_ok=True)
             (tmp_path / "rec" / f"{name}.csv").write_text("\n".join(lines) + "\n")
             rows.append(f"{name},{label},{subject}")

@@ -260,7 +260,7 @@ def train_student(
                 "objective": objective.state(),
                 "best": best,
             }
-            atomic_save(checkpoint_path, functools.partial(_save_checkpoint, state))
+            atomic_save(checkpoint_path, functools.partial(save_checkpoint, state))
         objective.train(False)
         if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch:
             break
