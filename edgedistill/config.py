@@ -14,6 +14,8 @@ from typing import Any, Literal
 
 from pydantic import Field, SerializeAsAny, ValidationInfo, field_validator, model_validator
 
+from edgedistill.distill.crossmodal import CROSSMODAL_TERMS
+from edgedistill.distill.terms import LossTerm, TermConfig, parse_term
 from edgedistill.errors import RecipeError
 from edgedistill.schema import (
     Section,
@@ -25,6 +27,7 @@ from edgedistill.schema import (
 from edgedistill.tasks.sources import SourceConfig, parse_data_section
 
 _Section = Section  # the base of every section (edgedistill.schema)
+TEACHER_CARD_NEEDS = frozenset({"teacher_logits", "teacher_features"})  # terms needing a card
 _resolve = resolve_path
 
 
@@ -110,55 +113,12 @@ class StudentConfig(_Section):
     )
 
 
-class LossTerm(_Section):
-    """One weighted term of the distillation objective, with optional schedules.
-
-    ``ce`` cross-entropy; ``kd`` Hinton KD; ``dkd`` decoupled KD (``alpha``, ``beta``);
-    ``pskd`` progressive self-KD (``alpha_T``, no teacher); ``fitnets`` hint loss from the
-    student stage ``student_stage`` to the teacher layer ``teacher_tap`` (cached, pooled to
-    ``hint_size``); ``layered`` layered self-distillation over the auxiliary exits of a
-    multi-exit student (``transforms``, ``exit_kd_weight``, ``feature_weight``; no teacher);
-    ``comodo`` / ``infonce`` / ``l2`` cross-modal terms on the student's pooled features against
-    cached teacher embeddings of the paired modality (``temperature`` = teacher's,
-    ``student_temperature``, ``queue_size``).
-    ``warmup_epochs`` ramps the weight up linearly; ``final_temperature`` decays the
-    temperature linearly over training.
-    """
-
-    name: Literal["ce", "kd", "dkd", "pskd", "fitnets", "layered", "comodo", "infonce", "l2"]
-    weight: float = Field(ge=0)
-    temperature: float = Field(default=4.0, gt=0)
-    final_temperature: float | None = Field(default=None, gt=0)
-    warmup_epochs: int = Field(default=0, ge=0)
-    alpha: float = Field(default=1.0, ge=0, description="dkd: TCKD weight")
-    beta: float = Field(default=8.0, ge=0, description="dkd: NCKD weight")
-    alpha_T: float = Field(default=0.8, ge=0, le=1, description="pskd: final mixing weight")
-    student_stage: int = Field(default=-2, description="fitnets: guided student stage index")
-    teacher_tap: str = Field(default="", description="fitnets: teacher layer of the hint")
-    hint_size: int | None = Field(
-        default=None, ge=1, description="fitnets: pool the cached teacher map to this size"
-    )
-    transforms: Literal["none", "rotate4", "imu"] = Field(
-        default="none", description="layered: self-supervised input transformations"
-    )
-    exit_kd_weight: float = Field(default=1.0, ge=0, description="layered: exit KD weight")
-    feature_weight: float = Field(default=0.0, ge=0, description="layered: feature hint weight")
-    queue_size: int = Field(
-        default=4096, ge=0, description="comodo: queue of teacher embeddings; infonce: negatives"
-    )
-    student_temperature: float = Field(
-        default=0.05, gt=0, description="comodo: the student's temperature"
-    )
-
-    @model_validator(mode="after")
-    def _fitnets_needs_a_tap(self) -> LossTerm:
-        if self.name == "fitnets" and not self.teacher_tap:
-            raise ValueError("a fitnets term needs teacher_tap (a layer name of the teacher)")
-        return self
-
-
 class DistillConfig(_Section):
-    """Training of the student: optimiser, schedule and the weighted loss terms."""
+    """Training of the student: optimiser, schedule and the weighted loss terms.
+
+    Each term is ``{name, weight, temperature, final_temperature, warmup_epochs}`` plus the
+    options of the registered term it names (:mod:`edgedistill.distill.terms`).
+    """
 
     epochs: int = Field(default=10, ge=1)
     batch_size: int = Field(default=128, ge=1)
@@ -166,8 +126,8 @@ class DistillConfig(_Section):
     momentum: float = Field(default=0.9, ge=0, lt=1)
     weight_decay: float = Field(default=5e-4, ge=0)
     terms: tuple[LossTerm, ...] = (
-        LossTerm(name="ce", weight=0.1),
-        LossTerm(name="kd", weight=0.9, temperature=4.0),
+        parse_term({"name": "ce", "weight": 0.1}),
+        parse_term({"name": "kd", "weight": 0.9, "temperature": 4.0}),
     )
     teacher_batch_size: int = Field(default=500, ge=1)
     schedule: Literal["onecycle", "cosine", "constant"] = "onecycle"
@@ -181,7 +141,7 @@ class DistillConfig(_Section):
 
     @field_validator("terms")
     @classmethod
-    def _unique_terms(cls, terms: tuple[LossTerm, ...]) -> tuple[LossTerm, ...]:
+    def _unique_terms(cls, terms: tuple[TermConfig, ...]) -> tuple[TermConfig, ...]:
         names = [t.name for t in terms]
         if len(set(names)) != len(names):
             raise ValueError(f"each term may appear once, got {names}")
@@ -257,8 +217,14 @@ class PretrainConfig(_Section):
     not. The distill stage then starts from the pre-trained weights.
     """
 
-    term: LossTerm = LossTerm(
-        name="comodo", weight=1.0, temperature=0.2, student_temperature=0.2, queue_size=4096
+    term: LossTerm = parse_term(
+        {
+            "name": "comodo",
+            "weight": 1.0,
+            "temperature": 0.2,
+            "student_temperature": 0.2,
+            "queue_size": 4096,
+        }
     )
     epochs: int = Field(default=20, ge=1)
     batch_size: int = Field(default=64, ge=2)
@@ -266,9 +232,9 @@ class PretrainConfig(_Section):
 
     @field_validator("term")
     @classmethod
-    def _cross_modal(cls, term: LossTerm) -> LossTerm:
-        if term.name not in ("comodo", "infonce", "l2"):
-            raise ValueError(f"must be one of comodo, infonce, l2 (got {term.name})")
+    def _cross_modal(cls, term: TermConfig) -> TermConfig:
+        if term.name not in CROSSMODAL_TERMS:
+            raise ValueError(f"must be one of {', '.join(CROSSMODAL_TERMS)} (got {term.name})")
         return term
 
 
@@ -296,9 +262,7 @@ class Recipe(_Section):
             or not getattr(self.data, "use_labels", True)
             or self.data.label_fraction < 1
         )
-        needs_labels = [
-            t.name for t in self.distill.terms if t.name in ("dkd", "pskd") and t.weight
-        ]
+        needs_labels = [t.name for t in self.distill.terms if "labels" in t.needs and t.weight]
         if unlabelled and needs_labels:
             raise ValueError(
                 f"distill.terms {needs_labels} need a label for every training sample; with "
@@ -309,7 +273,7 @@ class Recipe(_Section):
     @model_validator(mode="after")
     def _teacher_for_teacher_terms(self) -> Recipe:
         card_terms = [
-            t.name for t in self.distill.terms if t.name in ("kd", "dkd", "fitnets") and t.weight
+            t.name for t in self.distill.terms if t.needs & TEACHER_CARD_NEEDS and t.weight
         ]
         if card_terms and (self.teacher is None or self.teacher.card is None):
             raise ValueError(f"distill.terms {card_terms} need a teacher.card")

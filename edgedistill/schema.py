@@ -6,6 +6,7 @@ Shared by the recipe schema (:mod:`edgedistill.config`) and the data sources
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +54,8 @@ def validate_section(
     try:
         return model.model_validate(raw, context={"base_dir": base_dir})
     except ValidationError as exc:
-        raise RecipeError(f"{source}: {describe_validation_error(exc, model, prefix)}") from None
+        message = describe_validation_error(exc, model, prefix, raw=raw)
+        raise RecipeError(f"{source}: {message}") from None
 
 
 def read_yaml(path: Path, what: str) -> Any:
@@ -68,20 +70,38 @@ def read_yaml(path: Path, what: str) -> Any:
         raise RecipeError(f"{path}: not valid YAML{where}") from None
 
 
-def _model_at(model: type[BaseModel], loc: tuple[int | str, ...]) -> type[BaseModel] | None:
-    """The pydantic model class that owns the field at ``loc`` (for listing allowed keys)."""
+def _model_at(
+    model: type[BaseModel], loc: tuple[int | str, ...], raw: Any = None
+) -> type[BaseModel] | None:
+    """The pydantic model class that owns the field at ``loc`` (for listing allowed keys).
+
+    A section whose keys depend on its content (a loss term's on its ``name``) names its
+    concrete model through a classmethod ``section_for(raw_mapping)``; ``raw`` is the input
+    that failed, walked along ``loc`` to give it that mapping.
+    """
     current: Any = model
+    node = raw
     for part in loc:
-        if isinstance(part, int):
-            continue
-        fields = getattr(current, "model_fields", None)
-        if fields is None or part not in fields:
-            return None
-        annotation = fields[part].annotation
-        current = _first_model(annotation)
-        if current is None:
-            return None
+        node = _child(node, part)
+        if not isinstance(part, int):
+            fields = getattr(current, "model_fields", None)
+            if fields is None or part not in fields:
+                return None
+            current = _first_model(fields[part].annotation)
+            if current is None:
+                return None
+        section_for = getattr(current, "section_for", None)
+        if section_for is not None and isinstance(node, Mapping):
+            current = section_for(node) or current
     return current if isinstance(current, type) and issubclass(current, BaseModel) else None
+
+
+def _child(node: Any, part: int | str) -> Any:
+    if isinstance(part, str) and isinstance(node, Mapping):
+        return node.get(part)
+    if isinstance(part, int) and isinstance(node, Sequence) and not isinstance(node, str):
+        return node[part] if -len(node) <= part < len(node) else None
+    return None
 
 
 def _first_model(annotation: Any) -> type[BaseModel] | None:
@@ -94,10 +114,13 @@ def _first_model(annotation: Any) -> type[BaseModel] | None:
     return None
 
 
-def describe_validation_error(exc: ValidationError, root: type[BaseModel], prefix: str = "") -> str:
+def describe_validation_error(
+    exc: ValidationError, root: type[BaseModel], prefix: str = "", *, raw: Any = None
+) -> str:
     """Turn pydantic's error list into one line: field, value, what is allowed.
 
-    ``prefix`` names the section ``root`` validates (e.g. "data") in the message.
+    ``prefix`` names the section ``root`` validates (e.g. "data") in the message; ``raw`` is
+    the validated input (it tells which model a content-dependent section uses).
     """
     errors = exc.errors()
     first = errors[0]
@@ -106,7 +129,7 @@ def describe_validation_error(exc: ValidationError, root: type[BaseModel], prefi
     kind = first["type"]
     value = first.get("input")
     if kind == "extra_forbidden":
-        owner = _model_at(root, loc[:-1])
+        owner = _model_at(root, loc[:-1], raw)
         allowed = ", ".join(owner.model_fields) if owner else "see the documentation"
         message = f"unknown key '{field}' (allowed here: {allowed})"
     elif kind == "missing":

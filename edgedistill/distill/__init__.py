@@ -6,6 +6,9 @@ Feature: :func:`hint_loss` + :class:`HintAdapter` (FitNets, ICLR 2015), :func:`r
 Embedding: :func:`info_nce_loss` + :class:`EmbeddingQueue`, :func:`normalized_l2_loss`.
 Self-distillation: :func:`pskd_loss` + :class:`PredictionMemory` (PS-KD, ICCV 2021),
 :func:`dino_loss` + :func:`ema_update` (DINO, ICCV 2021).
+
+Recipe loss terms: each loss file registers its term (:func:`register_term`, a :class:`Term`
+with its :class:`TermConfig` options) in :data:`TERMS`; see :mod:`edgedistill.distill.terms`.
 """
 
 from edgedistill.distill.attention import ATLoss, at_loss, attention_map
@@ -17,9 +20,11 @@ from edgedistill.distill.kd import KDLoss, kd_loss
 from edgedistill.distill.l2 import NormalizedL2Loss, normalized_l2_loss
 from edgedistill.distill.pskd import PredictionMemory, pskd_alpha, pskd_loss
 from edgedistill.distill.rkd import RKDLoss, rkd_angle_loss, rkd_distance_loss, rkd_loss
+from edgedistill.distill.terms import TERMS, Term, TermConfig, register_term
 from edgedistill.distill.trainer import TrainResult, TrainSettings, train_student
 
 __all__ = [
+    "TERMS",
     "ATLoss",
     "DINOLoss",
     "DKDLoss",
@@ -31,6 +36,8 @@ __all__ = [
     "NormalizedL2Loss",
     "PredictionMemory",
     "RKDLoss",
+    "Term",
+    "TermConfig",
     "TrainResult",
     "TrainSettings",
     "at_loss",
@@ -44,6 +51,7 @@ __all__ = [
     "normalized_l2_loss",
     "pskd_alpha",
     "pskd_loss",
+    "register_term",
     "rkd_angle_loss",
     "rkd_distance_loss",
     "rkd_loss",

@@ -29,9 +29,12 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
 
+from edgedistill.distill.crossmodal import EmbeddingTerm
 from edgedistill.distill.infonce import EmbeddingQueue, check_embedding_pair
+from edgedistill.distill.terms import TermConfig, register_term
 
 
 def _check_temperature(name: str, value: float) -> None:
@@ -136,4 +139,26 @@ class ComodoLoss(nn.Module):
         return (
             f"teacher_temperature={self.teacher_temperature}, "
             f"student_temperature={self.student_temperature}, include_batch={self.include_batch}"
+        )
+
+
+class ComodoConfig(TermConfig):
+    """Options of the ``comodo`` term (``temperature`` is the teacher's)."""
+
+    queue_size: int = Field(default=4096, ge=1, description="queue of teacher embeddings")
+    student_temperature: float = Field(default=0.05, gt=0, description="the student's temperature")
+
+
+@register_term("comodo")
+class ComodoTerm(EmbeddingTerm[ComodoConfig]):
+    """``comodo``: :class:`ComodoLoss` on the projected student features."""
+
+    config = ComodoConfig
+
+    def embedding_loss(self, teacher_dim: int) -> nn.Module:
+        return ComodoLoss(
+            teacher_dim,
+            self.options.queue_size,
+            teacher_temperature=self.options.temperature,
+            student_temperature=self.options.student_temperature,
         )

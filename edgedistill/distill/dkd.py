@@ -23,7 +23,10 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
+
+from edgedistill.distill.terms import TEACHER_LOGITS, Term, TermBatch, TermConfig, register_term
 
 
 def _check_hyper_parameters(alpha: float, beta: float, temperature: float) -> None:
@@ -119,4 +122,30 @@ class DKDLoss(nn.Module):
             alpha=self.alpha,
             beta=self.beta,
             temperature=self.temperature,
+        )
+
+
+class DKDConfig(TermConfig):
+    """Options of the ``dkd`` term."""
+
+    alpha: float = Field(default=1.0, ge=0, description="TCKD weight")
+    beta: float = Field(default=8.0, ge=0, description="NCKD weight")
+
+
+@register_term("dkd")
+class DKDTerm(Term[DKDConfig]):
+    """``dkd``: :func:`dkd_loss` against the cached teacher logits (needs every label)."""
+
+    config = DKDConfig
+    needs = frozenset({"logits", "teacher_logits", "labels"})
+
+    def loss(self, batch: TermBatch, epoch: int, total_epochs: int) -> torch.Tensor:
+        assert batch.logits is not None
+        return dkd_loss(
+            batch.logits,
+            batch.teacher[TEACHER_LOGITS],
+            batch.targets,
+            alpha=self.options.alpha,
+            beta=self.options.beta,
+            temperature=self.options.temperature_at(epoch, total_epochs),
         )

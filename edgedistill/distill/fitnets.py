@@ -15,11 +15,15 @@ size makes the spatial sizes agree; here it is a 1×1 convolution after adaptive
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field, model_validator
 from torch import nn
+
+from edgedistill.distill.terms import Term, TermBatch, TermConfig, register_term, shape_probe
 
 
 def hint_loss(student_feat: torch.Tensor, teacher_feat: torch.Tensor) -> torch.Tensor:
@@ -151,3 +155,57 @@ class FitNetsLoss(nn.Module):
                 f"teacher {tuple(teacher_feat.shape)}"
             )
         return hint_loss(self.adapter(student_feat), teacher_feat)
+
+
+class FitNetsConfig(TermConfig):
+    """Options of the ``fitnets`` term."""
+
+    student_stage: int = Field(default=-2, description="guided student stage index")
+    teacher_tap: str = Field(default="", description="teacher layer of the hint")
+    hint_size: int | None = Field(
+        default=None, ge=1, description="pool the cached teacher map to this size"
+    )
+
+    @model_validator(mode="after")
+    def _needs_a_tap(self) -> FitNetsConfig:
+        if not self.teacher_tap:
+            raise ValueError("a fitnets term needs teacher_tap (a layer name of the teacher)")
+        return self
+
+
+@register_term("fitnets")
+class FitNetsTerm(Term[FitNetsConfig]):
+    """``fitnets``: the student stage ``student_stage`` (``forward_intermediates``) regressed by
+    a trainable :class:`HintAdapter` onto the cached teacher layer ``teacher_tap``, pooled to
+    ``hint_size`` by whoever fills the cache (recorded here so checkpoints see it)."""
+
+    config = FitNetsConfig
+    needs = frozenset({"intermediates", "teacher_features"})
+
+    @property
+    def key(self) -> str:
+        return self.options.teacher_tap.replace(".", "_")
+
+    def teacher_taps(self) -> tuple[str, ...]:
+        return (self.options.teacher_tap,)
+
+    def setup(
+        self, model: nn.Module, sample: torch.Tensor, teacher_features: Mapping[str, Any]
+    ) -> nn.Module:
+        tap, stage = self.options.teacher_tap, self.options.student_stage
+        if tap not in teacher_features:
+            raise ValueError(f"fitnets needs the cached teacher feature '{tap}'")
+        _, feats = shape_probe(model, "forward_intermediates", sample)
+        try:
+            student = feats[stage]
+        except IndexError:
+            raise ValueError(
+                f"fitnets student_stage {stage}: the student has {len(feats)} stages"
+            ) from None
+        hint = teacher_features[tap]
+        return HintAdapter(tuple(student.shape), (student.shape[0], *hint.shape[1:]))
+
+    def loss(self, batch: TermBatch, epoch: int, total_epochs: int) -> torch.Tensor:
+        assert batch.intermediates is not None and self.module is not None
+        student = self.module(batch.intermediates[self.options.student_stage])
+        return hint_loss(student, batch.teacher[self.options.teacher_tap])

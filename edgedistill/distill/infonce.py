@@ -18,7 +18,11 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
+
+from edgedistill.distill.crossmodal import EmbeddingTerm
+from edgedistill.distill.terms import TermConfig, register_term
 
 
 def _check_2d(name: str, x: torch.Tensor) -> None:
@@ -202,3 +206,19 @@ class InfoNCELoss(nn.Module):
         if self.queue is not None:
             self.queue.push(teacher_emb)
         return loss
+
+
+class InfoNCEConfig(TermConfig):
+    """Options of the ``infonce`` term."""
+
+    queue_size: int = Field(default=4096, ge=0, description="extra negatives (0 = in-batch)")
+
+
+@register_term("infonce")
+class InfoNCETerm(EmbeddingTerm[InfoNCEConfig]):
+    """``infonce``: :class:`InfoNCELoss` on the projected student features."""
+
+    config = InfoNCEConfig
+
+    def embedding_loss(self, teacher_dim: int) -> nn.Module:
+        return InfoNCELoss(self.options.temperature, self.options.queue_size, dim=teacher_dim)

@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from edgedistill.distill.terms import TEACHER_LOGITS, Term, TermBatch, TermConfig, register_term
+
 
 def kd_loss(
     student_logits: torch.Tensor, teacher_logits: torch.Tensor, *, temperature: float
@@ -51,3 +53,15 @@ class KDLoss(nn.Module):
 
     def forward(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
         return kd_loss(student_logits, teacher_logits, temperature=self.temperature)
+
+
+@register_term("kd")
+class KDTerm(Term[TermConfig]):
+    """``kd``: :func:`kd_loss` against the cached teacher logits, at the scheduled temperature."""
+
+    needs = frozenset({"logits", "teacher_logits"})
+
+    def loss(self, batch: TermBatch, epoch: int, total_epochs: int) -> torch.Tensor:
+        assert batch.logits is not None
+        temperature = self.options.temperature_at(epoch, total_epochs)
+        return kd_loss(batch.logits, batch.teacher[TEACHER_LOGITS], temperature=temperature)

@@ -16,7 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from edgedistill.distill.crossmodal import EmbeddingTerm
 from edgedistill.distill.infonce import check_embedding_pair
+from edgedistill.distill.terms import TermConfig, register_term
 
 
 def normalized_l2_loss(student_emb: torch.Tensor, teacher_emb: torch.Tensor) -> torch.Tensor:
@@ -42,3 +44,11 @@ class NormalizedL2Loss(nn.Module):
 
     def forward(self, student_emb: torch.Tensor, teacher_emb: torch.Tensor) -> torch.Tensor:
         return normalized_l2_loss(student_emb, teacher_emb)
+
+
+@register_term("l2")
+class L2Term(EmbeddingTerm[TermConfig]):
+    """``l2``: :func:`normalized_l2_loss` on the projected student features (no options)."""
+
+    def embedding_loss(self, teacher_dim: int) -> nn.Module:
+        return NormalizedL2Loss()

@@ -26,13 +26,16 @@ would cost M forward passes on the device.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
 
 from edgedistill.distill.fitnets import hint_loss
 from edgedistill.distill.kd import kd_loss
+from edgedistill.distill.terms import Term, TermBatch, TermConfig, register_term
 
 NUM_IMAGE_TRANSFORMS = 4  # rotations by 0°, 90°, 180°, 270° (counter-clockwise)
 NUM_IMU_TRANSFORMS = 3  # identity, time reversal, cyclic axis permutation
@@ -208,3 +211,60 @@ class LayeredSDLoss(nn.Module):
             ce_weight=self.ce_weight, exit_features=exit_features,
             feature_weight=self.feature_weight,
         )  # fmt: skip
+
+
+class LayeredConfig(TermConfig):
+    """Options of the ``layered`` term."""
+
+    transforms: Literal["none", "rotate4", "imu"] = Field(
+        default="none", description="self-supervised input transformations"
+    )
+    exit_kd_weight: float = Field(default=1.0, ge=0, description="exit KD weight")
+    feature_weight: float = Field(default=0.0, ge=0, description="feature hint weight")
+
+
+@register_term("layered")
+class LayeredTerm(Term[LayeredConfig]):
+    """``layered``: layered self-distillation over a multi-exit student's exits, no teacher.
+
+    The batch is expanded by ``transforms`` (transform-major, identity first; "rotate4" for
+    images, "imu" for [B, C, T] windows), every exit predicts the joint (class, transformation)
+    label, and the deepest exit teaches the shallower ones (:func:`layered_sd_loss`, with
+    ``exit_kd_weight`` and ``feature_weight``). The deepest exit's class logits of the plain
+    batch are the logits the other terms read.
+    """
+
+    config = LayeredConfig
+    needs = frozenset({"model"})
+
+    def loss(self, batch: TermBatch, epoch: int, total_epochs: int) -> torch.Tensor:
+        net, x, options = batch.net, batch.x, self.options
+        assert net is not None and x is not None
+        if options.transforms == "rotate4":
+            m, inputs = NUM_IMAGE_TRANSFORMS, image_transforms(x)
+        elif options.transforms == "imu":
+            m, inputs = NUM_IMU_TRANSFORMS, imu_transforms(x)
+        else:
+            m, inputs = 1, x
+        features = None
+        if options.feature_weight > 0:
+            exits, features = net(inputs, "exits_and_features")
+        else:
+            exits = net(inputs, "exits")
+        width = exits[-1].shape[1]
+        if width % m:
+            raise ValueError(
+                f"layered transforms '{options.transforms}' need exits with K x {m} outputs, got "
+                f"{width} (build the student as MultiExitStudent(..., num_transforms={m}))"
+            )
+        value, _ = layered_sd_loss(
+            exits,
+            augmented_labels(batch.targets, m),
+            temperature=options.temperature_at(epoch, total_epochs),
+            kd_weight=options.exit_kd_weight,
+            ce_weight=1.0,
+            exit_features=features,
+            feature_weight=options.feature_weight,
+        )
+        batch.logits = class_logits(exits[-1][: len(x)], m)
+        return value

@@ -18,12 +18,15 @@ the softmax of the training forward pass of each batch (detached), as in the off
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from pydantic import Field
+
+from edgedistill.distill.terms import Term, TermBatch, TermConfig, TermContext, register_term
 
 
 def pskd_alpha(epoch: int, total_epochs: int, *, alpha_T: float = 0.8) -> float:
@@ -158,3 +161,40 @@ class PredictionMemory:
         """Write pending on-disk changes to the file (no-op in RAM)."""
         if self._disk is not None:
             self._disk.flush()
+
+
+class PSKDConfig(TermConfig):
+    """Options of the ``pskd`` term."""
+
+    alpha_T: float = Field(default=0.8, ge=0, le=1, description="final mixing weight")
+
+
+@register_term("pskd")
+class PSKDTerm(Term[PSKDConfig]):
+    """``pskd``: :func:`pskd_loss` against the model's own previous-epoch predictions, kept in
+    a :class:`PredictionMemory` of the training set (checkpointed as ``pskd_memory``)."""
+
+    config = PSKDConfig
+    needs = frozenset({"logits", "labels"})
+
+    def __init__(self, options: PSKDConfig, context: TermContext | None = None) -> None:
+        super().__init__(options, context)
+        ctx = self.context
+        self.memory = PredictionMemory(ctx.num_samples, ctx.num_classes, ctx.memory_path)
+
+    def loss(self, batch: TermBatch, epoch: int, total_epochs: int) -> torch.Tensor:
+        assert batch.logits is not None
+        # Epoch 0 has no previous predictions: plain labels, as in the official code.
+        alpha_T = self.options.alpha_T
+        alpha = 0.0 if epoch == 0 else pskd_alpha(epoch, total_epochs, alpha_T=alpha_T)
+        value = pskd_loss(batch.logits, batch.targets, self.memory.get(batch.indices), alpha=alpha)
+        self.memory.update(batch.indices, F.softmax(batch.logits.detach(), dim=-1))
+        return value
+
+    def state(self) -> dict[str, torch.Tensor]:
+        return {"pskd_memory": self.memory.get(torch.arange(len(self.memory)))}
+
+    def load_state(self, state: Mapping[str, torch.Tensor]) -> None:
+        if "pskd_memory" in state:
+            probs = state["pskd_memory"]
+            self.memory.update(torch.arange(probs.shape[0]), probs)

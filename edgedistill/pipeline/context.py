@@ -83,7 +83,8 @@ class RunContext:
     @cached_property
     def task(self) -> Task:
         """The recipe's task (data source -> splits, labels, input contract)."""
-        task = build_task(self.recipe.data, cache_dir=self.out / "cache", seed=self.recipe.seed)
+        with self.console.status(f"loading data ({self.recipe.data.source})"):
+            task = build_task(self.recipe.data, cache_dir=self.out / "cache", seed=self.recipe.seed)
         self.console.print(f"[dim]data: {task.summary()}[/]")
         return task
 
