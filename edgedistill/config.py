@@ -168,6 +168,10 @@ class QuantizeConfig(_Section):
     calibration_samples: int = Field(default=512, ge=8)
     per_channel: bool = True
     calibration_method: Literal["minmax", "entropy", "percentile"] = "minmax"
+    reduce_range: bool = Field(
+        default=False,
+        description="7-bit weights: avoids int16 saturation in ONNX Runtime's x86 U8S8 kernels",
+    )
 
 
 class ExportConfig(_Section):

@@ -399,6 +399,24 @@ def test_quantize_static_int8(onnx_files: dict[str, Path], tmp_path: Path) -> No
     assert 0 < np.abs(fp32 - quant).max() < 0.5 * np.abs(fp32).max()
 
 
+def test_quantize_reduce_range_keeps_weights_to_7_bits(
+    onnx_files: dict[str, Path], tmp_path: Path
+) -> None:
+    calibration, _ = orientation_data(64, seed=10)
+    ranges = {}
+    for reduce in (False, True):
+        path = tmp_path / f"int8-{reduce}.onnx"
+        quantize_onnx_static(onnx_files["deploy"], path, calibration, reduce_range=reduce)
+        weights = [
+            numpy_helper.to_array(t)
+            for t in onnx.load(str(path)).graph.initializer
+            if t.data_type == TensorProto.INT8 and t.dims and len(t.dims) > 1
+        ]
+        ranges[reduce] = max(int(np.abs(w.astype(np.int32)).max()) for w in weights)
+    assert ranges[False] == 127  # symmetric per-channel: the largest weight maps to 127
+    assert ranges[True] <= 64  # 7-bit weights: pairwise u8 x s8 sums cannot saturate int16
+
+
 def test_quantize_rejects_empty_calibration(onnx_files: dict[str, Path], tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="calibration"):
         quantize_onnx_static(

@@ -42,6 +42,7 @@ def quantize_onnx_static(
     *,
     per_channel: bool = True,
     method: str = "minmax",
+    reduce_range: bool = False,
 ) -> None:
     """Write an INT8 QDQ copy of ``fp32_path`` to ``int8_path`` (atomically).
 
@@ -51,6 +52,11 @@ def quantize_onnx_static(
         calibration: [N, ...] normalised float32 inputs drawn from the training data.
         per_channel: Per-output-channel weight scales (better accuracy for convs).
         method: Activation range estimation: "minmax", "entropy" or "percentile".
+        reduce_range: Quantize weights to 7 bits. ONNX Runtime's x86 U8S8 convolution
+            kernels add pairs of uint8 x int8 products in int16 and can saturate; measured on
+            the seglearn IMU student (per-channel, MinMax): 85.43% FP32, 41.62% INT8 with
+            8-bit weights, 85.33% for the same QDQ model with graph optimisations off, 85.13%
+            with ``reduce_range``.
     """
     import onnx
     from onnxruntime.quantization import (
@@ -82,6 +88,7 @@ def quantize_onnx_static(
                 activation_type=QuantType.QUInt8,
                 weight_type=QuantType.QInt8,
                 per_channel=per_channel,
+                reduce_range=reduce_range,
                 calibrate_method=methods[method],
             )
 

@@ -93,6 +93,7 @@ def stage_quantize(ctx: RunContext) -> dict[str, Any]:
                     calibration,
                     per_channel=cfg.per_channel,
                     method=cfg.calibration_method,
+                    reduce_range=cfg.reduce_range,
                 )
                 outputs.append(target.name)
                 advance(1, source)
