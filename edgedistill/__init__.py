@@ -14,6 +14,7 @@ from edgedistill.distill import KDLoss, TrainSettings, kd_loss, train_student
 from edgedistill.distill.comodo import ComodoLoss, comodo_loss
 from edgedistill.distill.layered import layered_sd_loss
 from edgedistill.distill.objective import LossTermSpec
+from edgedistill.distill.terms import TERMS, register_term
 from edgedistill.errors import (
     DataError,
     EdgeDistillError,
@@ -38,6 +39,7 @@ __all__ = [
     "SOURCES",
     "STAGES",
     "STUDENTS",
+    "TERMS",
     "ComodoLoss",
     "DataError",
     "EdgeDistillError",
@@ -84,6 +86,7 @@ __all__ = [
     "prune_channels",
     "quantize_onnx_static",
     "register_source",
+    "register_term",
     "run_pipeline",
     "topk_accuracy",
     "train_student",
