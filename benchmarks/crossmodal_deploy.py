@@ -124,7 +124,7 @@ def main() -> None:
         *(f"| {m['name']} (ONNX Runtime) | {m['accuracy']:.2f}% |" for m in summary["models"]),
         f"| INT8 loss vs FP32 (bar ≤ 1 point) | {'✅' if drop <= 1 else '❌'} {drop:+.2f} points |",
         f"| MACs student-pruned | {fp32['macs']:,} |",
-        f"| batch-1 p50 ORT FP32 / INT8 | {p50['fp32']} / {p50['int8']} ms |",
+        f"| batch-1 p50 ORT FP32 / INT8 | {p50['fp32']:.4f} / {p50['int8']:.4f} ms |",
         f"| bundle recommends | `{summary['recommended']['file']}` ({summary['recommended']['reason']}) |",
         "",
         "The bundle's example on the raw window it ships (`python example.py sample_window.csv`):",

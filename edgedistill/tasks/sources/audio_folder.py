@@ -99,7 +99,11 @@ def resample(samples: np.ndarray, rate: int, target: int) -> np.ndarray:
     """``samples`` at ``rate`` Hz -> ``target`` Hz with a band-limited polyphase filter."""
     if rate == target or len(samples) == 0:
         return samples
-    from scipy.signal import resample_poly
+    from edgedistill.data.packaged import import_optional
+
+    resample_poly = import_optional(
+        "scipy.signal", package="scipy", extra="data", purpose="resampling WAV files"
+    ).resample_poly
 
     g = math.gcd(rate, target)
     out = resample_poly(samples.astype(np.float64), target // g, rate // g)

@@ -175,7 +175,11 @@ def split_files(
 
 def read_images(files: Files, mode: str, size: tuple[int, int] | None) -> np.ndarray:
     """uint8 [N, C, H, W] of ``files`` in ``mode`` ("L"/"RGB"), resized to ``size`` (H, W)."""
-    from PIL import Image
+    from edgedistill.data.packaged import import_optional
+
+    Image = import_optional(
+        "PIL.Image", package="pillow", extra="data", purpose="reading image folders"
+    )
 
     out: list[np.ndarray] = []
     first: tuple[Path, tuple[int, int]] | None = None
