@@ -67,7 +67,7 @@ def _execute(
     target: Path | None = None,
 ) -> None:
     from edgedistill.config import load_recipe
-    from edgedistill.distill.ddp import init_from_environment
+    from edgedistill.distill.ddp import init_from_environment, shutdown
     from edgedistill.pipeline.run import run_pipeline
 
     # Under torchrun (WORLD_SIZE > 1) join the process group; only rank 0 prints.
@@ -81,6 +81,7 @@ def _execute(
             f"[bold]edgedistill[/] {until}: recipe [cyan]{recipe_path}[/] → [cyan]{out_dir}[/]"
         )
         ctx = run_pipeline(recipe, out_dir, until=until, console=console, force=force)
+        shutdown()  # every process reaches here before any leaves (DDP)
     if until == "report" and ddp.is_main:
         _print_summary(ctx.out)
 
