@@ -380,6 +380,18 @@ def test_check_onnx_file_refuses_escaping_external_data_in_subgraph(tmp_path: Pa
 # ---- INT8 quantization ---------------------------------------------------------------------
 
 
+def test_export_carries_no_machine_paths(tmp_path: Path) -> None:
+    """The exporter's stack traces name absolute source paths; the same model exported from
+    two checkouts must be the same bytes, so they are stripped."""
+    torch.manual_seed(0)
+    model = ConvNet(in_channels=1, num_classes=3, widths=[4, 8])
+    path = export_onnx(model, SHAPE, tmp_path / "m.onnx")
+    package = str(Path(__file__).resolve().parents[1])
+    assert package.encode() not in path.read_bytes()
+    keys = {p.key for n in onnx.load(str(path)).graph.node for p in n.metadata_props}
+    assert "pkg.torch.onnx.stack_trace" not in keys
+
+
 def test_quantize_static_int8(onnx_files: dict[str, Path], tmp_path: Path) -> None:
     calibration, _ = orientation_data(64, seed=10)
     int8 = tmp_path / "int8.onnx"

@@ -69,9 +69,49 @@ def export_onnx(
             if program is None:
                 raise StageError(f"ONNX export of {type(model).__name__} returned nothing")
             program.save(str(tmp))
+        _strip_stack_traces(tmp)
 
     atomic_save(path, write)
     return path
+
+
+STACK_TRACE_KEY = "pkg.torch.onnx.stack_trace"
+
+
+def _strip_stack_traces(path: Path) -> None:
+    """Drop the exporter's per-node Python stack traces from the saved model.
+
+    They name the absolute path of every source file, so the same model exported from two
+    checkouts (or machines) differed byte-wise although every weight and op was equal; the
+    bundle promises byte-identical models for the same recipe. The other debug metadata
+    (module hierarchy, fx node) does not depend on the machine and stays.
+    """
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    changed = False
+    for graph in _all_graphs(model):
+        for node in graph.node:
+            kept = [p for p in node.metadata_props if p.key != STACK_TRACE_KEY]
+            if len(kept) != len(node.metadata_props):
+                del node.metadata_props[:]
+                node.metadata_props.extend(kept)
+                changed = True
+    if changed:
+        onnx.save(model, str(path))
+
+
+def _all_graphs(model: Any) -> Iterator[Any]:
+    """The main graph, every subgraph (If/Loop bodies) and every function body."""
+    stack = [model.graph, *model.functions]
+    while stack:
+        graph = stack.pop()
+        yield graph
+        for node in graph.node:
+            for attribute in node.attribute:
+                if attribute.g is not None and attribute.HasField("g"):
+                    stack.append(attribute.g)
+                stack.extend(attribute.graphs)
 
 
 class _Named(nn.Module):
