@@ -136,7 +136,7 @@ def describe_validation_error(
         message = f"'{field}' is required"
     elif isinstance(value, dict):  # a whole section was rejected: its content says nothing
         reason = str(first["msg"]).removeprefix("Value error, ")
-        message = f"{field}: {reason}"
+        message = reason if not loc and not prefix else f"{field}: {reason}"
     else:
         shown = repr(value)
         if len(shown) > 80:

@@ -83,7 +83,10 @@ def test_run_pretrains_deploys_and_reruns_skipping(tmp_path: Path) -> None:
         "student-int8",
         "student-pruned-int8",
     ]  # no teacher row: the video teacher does not eat IMU windows
-    assert (out / "report" / "report.html").stat().st_size > 0
+    report = (out / "report" / "report.md").read_text()
+    assert "linear probes" in report and "| student features after comodo, 5 per class |" in report
+    assert "{'" not in report  # no raw Python dicts
+    assert "linear probes" in (out / "report" / "report.html").read_text()
     bundle = out / "bundle" / "app"
     manifest = json.loads((bundle / "manifest.json").read_text())
     assert manifest["input"]["channels"][:3] == ["acc_x", "acc_y", "acc_z"]

@@ -88,7 +88,7 @@ def _execute(
 
 def _print_summary(out_dir: Path) -> None:
     from edgedistill.artifacts import read_json
-    from edgedistill.report.render import summary_table
+    from edgedistill.report.render import pretrain_rows, summary_table
 
     summary = read_json(out_dir / "summary.json")
     header, rows = summary_table(summary)
@@ -100,6 +100,8 @@ def _print_summary(out_dir: Path) -> None:
     # Wide enough for the whole table when stdout is a file or a CI log (rich defaults to 80).
     out = Console() if sys.stdout.isatty() else Console(width=200)
     out.print(table)
+    for what, top1 in pretrain_rows(summary):
+        out.print(f"  linear probe, {what}: {top1}%")
     for k, v in summary.get("speedups", {}).items():
         out.print(f"  {k}: [bold]{v:.1f}×[/]")
     rec = summary.get("recommended") or {}

@@ -45,6 +45,27 @@ def summary_table(summary: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
+def pretrain_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
+    """(what, top-1 %) rows of the label-free pre-training's linear probes, if one ran."""
+    pretrain = summary.get("pretrain") or {}
+    if not pretrain:
+        return []
+    rows = []
+    if "teacher_probe_top1" in pretrain:
+        rows.append(("teacher embeddings, all labels", f"{pretrain['teacher_probe_top1']:.2f}"))
+    for shots, top1 in (pretrain.get("student_probe_top1") or {}).items():
+        rows.append((f"student features after {pretrain.get('term', '')}, {shots}", f"{top1:.2f}"))
+    return rows
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.2f}"
+    if isinstance(value, dict):
+        return "; ".join(f"{k} {_shown(v)}" for k, v in value.items())
+    return str(value)
+
+
 def render_markdown(summary: dict[str, Any], training: dict[str, Any]) -> str:
     """The report as Markdown."""
     header, rows = summary_table(summary)
@@ -68,13 +89,20 @@ def render_markdown(summary: dict[str, Any], training: dict[str, Any]) -> str:
         "",
         *[f"- {k}: **{v:.1f}×**" for k, v in summary.get("speedups", {}).items()],
         "",
-        "## Training",
-        "",
     ]
+    probes = pretrain_rows(summary)
+    if probes:
+        lines += [
+            "## Label-free pre-training: linear probes (held-out groups, top-1 %)",
+            "",
+            "| probe | top-1 % |",
+            "|---|---|",
+            *[f"| {what} | {top1} |" for what, top1 in probes],
+            "",
+        ]
+    lines += ["## Training", ""]
     for stage, metrics in training.items():
-        shown = ", ".join(
-            f"{k} = {v:.2f}" if isinstance(v, float) else f"{k} = {v}" for k, v in metrics.items()
-        )
+        shown = ", ".join(f"{k} = {_shown(v)}" for k, v in metrics.items())
         lines.append(f"- **{stage}**: {shown}")
     libs = ", ".join(f"{k} {v}" for k, v in (env.get("libraries") or {}).items())
     lines += [
@@ -106,8 +134,18 @@ def render_html(summary: dict[str, Any], training: dict[str, Any], plot_name: st
         f"<li>{esc(k)}: <b>{v:.1f}×</b></li>" for k, v in summary.get("speedups", {}).items()
     )
     train = "".join(
-        f"<li><b>{esc(s)}</b>: " + esc(", ".join(f"{k} = {v}" for k, v in m.items())) + "</li>"
+        f"<li><b>{esc(s)}</b>: "
+        + esc(", ".join(f"{k} = {_shown(v)}" for k, v in m.items()))
+        + "</li>"
         for s, m in training.items()
+    )
+    probes = pretrain_rows(summary)
+    probe_table = (
+        "<h2>Label-free pre-training: linear probes (held-out groups, top-1 %)</h2><table>"
+        + "".join(f"<tr><td>{esc(w)}</td><td>{esc(t)}</td></tr>" for w, t in probes)
+        + "</table>"
+        if probes
+        else ""
     )
     env = summary.get("environment") or {}
     rec = summary.get("recommended") or {}
@@ -127,6 +165,7 @@ td:first-child,th:first-child{{text-align:left}}th{{background:#f3f3f3}}</style>
 Latency: batch 1, {esc(str(env.get("threads", "?")))} threads, {esc(str(env.get("cpu", "")))}.</p>
 {table}
 {recommendation}
+{probe_table}
 <h2>Speed-ups (same run)</h2><ul>{speed}</ul>
 <h2>Accuracy vs latency</h2><img src="{esc(plot_name)}" alt="accuracy vs latency" width="720">
 <h2>Training</h2><ul>{train}</ul>
