@@ -36,9 +36,8 @@ from edgedistill.data.imu import samples_of
 from edgedistill.errors import DataError
 from edgedistill.schema import existing_dir
 from edgedistill.tasks.inputs import audio_input
+from edgedistill.tasks.sources._common import Files, class_files, split_files, whole_samples
 from edgedistill.tasks.sources.base import SourceConfig, SourceContext, register_source
-from edgedistill.tasks.sources.image_folder import Files, class_files, split_files
-from edgedistill.tasks.sources.imu_folder import whole_samples
 from edgedistill.tasks.task import Task
 
 _FULL_SCALE = {1: 128.0, 2: 32768.0, 3: 8388608.0, 4: 2147483648.0}

@@ -12,8 +12,7 @@ Layout (class names are the sub-folder names; ``train`` and ``test`` are reserve
 Images are read with Pillow, converted to grayscale (``L``) or RGB and, when ``size`` is set,
 resized (bilinear) to it; they are stored as uint8 [N, C, H, W]. Files are read in sorted order
 and other files (and hidden folders) are skipped, so the same folder always gives the same
-arrays. The helpers here (class folders, stratified split, label order) are shared with the
-``audio_folder``, ``imu`` and ``text_csv`` sources.
+arrays.
 
 Example recipe section::
 
@@ -26,7 +25,6 @@ Example recipe section::
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -36,12 +34,12 @@ from pydantic import Field, field_validator
 from edgedistill.errors import DataError
 from edgedistill.schema import existing_dir
 from edgedistill.tasks.inputs import image_input
+from edgedistill.tasks.sources._common import Files, class_files, split_files
 from edgedistill.tasks.sources.base import SourceConfig, SourceContext, register_source
 from edgedistill.tasks.task import Task
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 Positive = Annotated[int, Field(gt=0)]
-Files = list[tuple[Path, int]]  # (file, class index), in class then file-name order
 
 
 class ImageFolderConfig(SourceConfig):
@@ -65,109 +63,6 @@ class ImageFolderConfig(SourceConfig):
     labels: tuple[str, ...] | None = Field(default=None, min_length=2)
 
     _path = field_validator("path")(existing_dir)
-
-
-# ---- helpers shared by the folder-per-class sources ----------------------------------------
-
-
-def label_order(found: Iterable[str]) -> tuple[str, ...]:
-    """Sorted names; numerically when every name is an integer ("2" before "10")."""
-    names = sorted(set(found))
-    if names and all(n.lstrip("-").isdecimal() for n in names):
-        names.sort(key=int)
-    return tuple(names)
-
-
-def stratified_split(y: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Sorted (train, test) row indices holding out ``round(fraction * n_k)`` rows of every
-    class k (at least 1 when the class has 2 rows or more, never all of them), drawn with
-    ``np.random.default_rng(seed)`` class by class in label order."""
-    rng = np.random.default_rng(seed)
-    test: list[np.ndarray] = []
-    for k in np.unique(y):
-        rows = np.flatnonzero(y == k)
-        n_test = min(max(round(fraction * len(rows)), 1), len(rows) - 1)
-        test.append(rng.permutation(rows)[:n_test])
-    held = np.zeros(len(y), dtype=bool)
-    held[np.concatenate(test).astype(np.int64)] = True
-    return np.flatnonzero(~held), np.flatnonzero(held)
-
-
-def _class_dirs(folder: Path) -> dict[str, Path]:
-    return {p.name: p for p in sorted(folder.iterdir()) if p.is_dir() and p.name[0] != "."}
-
-
-def class_files(
-    root: Path, suffixes: Sequence[str], labels: Sequence[str] | None, kind: str
-) -> tuple[tuple[str, ...], Files, Files | None]:
-    """Class names and the files of a folder-per-class dataset.
-
-    Returns:
-        (class names, training files, test files or None when there is no ``test/`` folder).
-
-    Raises:
-        DataError: for a folder without class sub-folders, a single class, a class folder
-            without ``suffixes`` files, a ``labels`` entry without a folder (or a folder not
-            in ``labels``), a test class unknown to training, or ``test/`` without ``train/``.
-    """
-    wanted = "/".join(f"*{s}" for s in suffixes)
-    test_dir = root / "test"
-    split = (root / "train").is_dir()
-    if test_dir.is_dir() and not split:
-        raise DataError(f"{root}: has test/ but no train/; add train/<class>/ or drop test/")
-    train_root = root / "train" if split else root
-    found = _class_dirs(train_root)
-    if not found:
-        raise DataError(
-            f"{train_root}: no class sub-folders; expected {train_root}/<class>/{wanted}"
-        )
-    if len(found) < 2:
-        raise DataError(
-            f"{train_root}: needs at least 2 class sub-folders, found only {list(found)}"
-        )
-    if labels is None:
-        names = label_order(found)
-    else:
-        names = tuple(labels)
-        missing = [n for n in names if n not in found]
-        extra = [n for n in found if n not in names]
-        if missing or len(set(names)) != len(names):
-            raise DataError(
-                f"{train_root}: data.labels names {missing or 'a class twice'} with no class "
-                f"folder; the folders are {list(found)}"
-            )
-        if extra:
-            raise DataError(f"{train_root}: folders {extra} are not in data.labels; list them")
-
-    def files_of(folder: Path, k: int) -> Files:
-        files = [
-            (f, k) for f in sorted(folder.iterdir()) if f.is_file() and f.suffix.lower() in suffixes
-        ]
-        if not files:
-            raise DataError(f"{folder}: class folder has no {kind} ({wanted})")
-        return files
-
-    train = [pair for k, n in enumerate(names) for pair in files_of(found[n], k)]
-    if not split or not test_dir.is_dir():
-        return names, train, None
-    tests = _class_dirs(test_dir)
-    unknown = [n for n in tests if n not in names]
-    if unknown:
-        raise DataError(f"{test_dir}: classes {unknown} have no folder in {train_root}")
-    test = [pair for k, n in enumerate(names) if n in tests for pair in files_of(tests[n], k)]
-    if not test:
-        raise DataError(f"{test_dir}: no class sub-folders; expected {test_dir}/<class>/{wanted}")
-    return names, train, test
-
-
-def split_files(
-    train: Files, test: Files | None, fraction: float, seed: int
-) -> tuple[Files, Files]:
-    """(train, test) files: the given test folder, else a stratified share of ``train``."""
-    if test is not None:
-        return train, test
-    tr, te = stratified_split(np.array([k for _, k in train], dtype=np.int64), fraction, seed)
-    return [train[i] for i in tr], [train[i] for i in te]
 
 
 # ---- images ------------------------------------------------------------------------------

@@ -43,25 +43,19 @@ from edgedistill.data.imu import samples_of
 from edgedistill.errors import DataError
 from edgedistill.schema import existing_dir, existing_file
 from edgedistill.tasks.inputs import imu_input
+from edgedistill.tasks.sources._common import (
+    Table,
+    column,
+    label_order,
+    read_table,
+    stratified_split,
+    whole_samples,
+)
 from edgedistill.tasks.sources.base import SourceConfig, SourceContext, register_source
-from edgedistill.tasks.sources.image_folder import label_order, stratified_split
-from edgedistill.tasks.sources.text_csv import Table, column, read_table
 from edgedistill.tasks.task import Task
 
 _EPS = 1e-9
 Span = tuple[float, float, str, str]  # start_s, end_s, label, "<file> line <n>"
-
-
-def whole_samples(seconds: float, info: ValidationInfo) -> float:
-    """Validator: ``seconds`` is a whole number of samples at the section's ``sample_rate_hz``
-    (declared before it)."""
-    rate = info.data.get("sample_rate_hz")
-    if rate is not None:
-        try:
-            samples_of(seconds, rate, str(info.field_name))
-        except DataError as exc:
-            raise ValueError(str(exc)) from None
-    return seconds
 
 
 class ImuFolderConfig(SourceConfig):

@@ -27,8 +27,6 @@ Example recipe section::
 
 from __future__ import annotations
 
-import csv
-import io
 from pathlib import Path
 
 import numpy as np
@@ -38,8 +36,8 @@ from edgedistill.errors import DataError
 from edgedistill.schema import existing_file
 from edgedistill.students.text import ByteTokenizer
 from edgedistill.tasks.inputs import text_input
+from edgedistill.tasks.sources._common import column, label_order, read_table, stratified_split
 from edgedistill.tasks.sources.base import SourceConfig, SourceContext, register_source
-from edgedistill.tasks.sources.image_folder import label_order, stratified_split
 from edgedistill.tasks.task import Task
 
 Rows = list[tuple[str, str, str]]  # (text, label, "<file> line <n>")
@@ -74,55 +72,6 @@ class TextCsvConfig(SourceConfig):
     @classmethod
     def _test_file(cls, value: Path | None, info: ValidationInfo) -> Path | None:
         return None if value is None else existing_file(value, info)
-
-
-Table = list[tuple[int, list[str]]]  # (line where the row starts, cells), blank rows skipped
-
-
-def read_table(path: Path) -> Table:
-    """The non-blank rows of a UTF-8 CSV file (a leading byte-order mark is allowed), each
-    with the line it starts on (quoted cells may span lines). Shared with the ``imu`` source.
-
-    Raises:
-        DataError: for an unreadable file, bytes that are not UTF-8 (byte offset and line),
-            or malformed CSV (line).
-    """
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read ({exc.strerror})") from None
-    bom = 3 if data.startswith(b"\xef\xbb\xbf") else 0
-    try:
-        content = data[bom:].decode("utf-8")
-    except UnicodeDecodeError as exc:
-        at = bom + exc.start
-        line = data.count(b"\n", 0, at) + 1
-        raise DataError(
-            f"{path}: not UTF-8 at byte offset {at} (line {line}); save it as UTF-8"
-        ) from None
-    reader = csv.reader(io.StringIO(content, newline=""))
-    rows: Table = []
-    line = 1
-    try:
-        for cells in reader:
-            if any(c.strip() for c in cells):
-                rows.append((line, cells))
-            line = reader.line_num + 1
-    except csv.Error as exc:
-        raise DataError(f"{path} line {reader.line_num}: not valid CSV ({exc})") from None
-    return rows
-
-
-def column(path: Path, table: Table, name: str, hint: str) -> int:
-    """Index of column ``name`` in the header (first) row of ``table``; else a DataError
-    listing the columns found, with ``hint`` (the recipe key that names the column)."""
-    line, cells = table[0] if table else (1, [])
-    header = [c.strip() for c in cells]
-    if name not in header:
-        raise DataError(
-            f"{path} line {line}: no column {name!r}; the columns found are {header} ({hint})"
-        )
-    return header.index(name)
 
 
 def read_rows(path: Path, text_column: str, label_column: str) -> Rows:
