@@ -163,16 +163,8 @@ def validate(recipe: RecipeArg, target: TargetOpt = None, debug: DebugOpt = Fals
     console.print(f"[green]ok[/]: {escape(str(recipe))} (recipe '{escape(parsed.name)}')")
 
 
-@app.command()
-def crossmodal(
-    recipe: RecipeArg,
-    out: OutOpt = None,
-    target: TargetOpt = None,
-    force: ForceOpt = False,
-    debug: DebugOpt = False,
-) -> None:
-    """Alias of ``run`` (kept for the cross-modal recipe's old command line)."""
-    _execute(recipe, out, "report", force, debug, target)
+# Kept for the cross-modal recipe's old command line: the same command as ``run``.
+app.command(name="crossmodal", help="Alias of run.")(run)
 
 
 def main() -> None:

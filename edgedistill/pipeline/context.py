@@ -158,11 +158,9 @@ class RunContext:
     def teacher_input(self) -> InputSpec:
         """The task's input contract with the teacher's own standardisation from its card
         (``input.normalization.mean/std``), else the student's."""
-        cfg = self.recipe.teacher
-        if cfg is None or cfg.card is None:
+        if not self.has_teacher:
             return self.task.input
-        card_raw = TeacherCard.load(cfg.card).raw
-        spec = (card_raw.get("input") or {}).get("normalization") or {}
+        spec = (self.card.raw.get("input") or {}).get("normalization") or {}
         if "mean" in spec and "std" in spec and self.task.input.mean is not None:
             return self.task.input.with_normalization(tuple(spec["mean"]), tuple(spec["std"]))
         return self.task.input
