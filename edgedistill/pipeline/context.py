@@ -158,9 +158,13 @@ class RunContext:
     def teacher_input(self) -> InputSpec:
         """The task's input contract with the teacher's own standardisation from its card
         (``input.normalization.mean/std``), else the student's."""
-        if not self.has_teacher:
+        cfg = self.recipe.teacher
+        if cfg is None or cfg.card is None:
             return self.task.input
-        spec = (self.card.raw.get("input") or {}).get("normalization") or {}
+        # Read from the card file, not self.card: adapting the teacher needs this spec while
+        # the teacher itself is still being built.
+        card_raw = TeacherCard.load(cfg.card).raw
+        spec = (card_raw.get("input") or {}).get("normalization") or {}
         if "mean" in spec and "std" in spec and self.task.input.mean is not None:
             return self.task.input.with_normalization(tuple(spec["mean"]), tuple(spec["std"]))
         return self.task.input
