@@ -193,6 +193,8 @@ _TAIL = r"""
 if __name__ == "__main__":
     try:
         main()
+    except BrokenPipeError:  # output piped into e.g. `head`: not an error of the input
+        sys.stderr.close()
     except Exception as exc:  # a surprise still ends in one line, not a traceback
         fail(f"unexpected {type(exc).__name__}: {exc}")
 """
