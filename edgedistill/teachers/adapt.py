@@ -66,21 +66,27 @@ class _HeadOnFeatures(nn.Module):
         return out
 
     @property
+    def _network(self) -> nn.Module:
+        """The base network (unwrapped from its :class:`FrozenTeacher`)."""
+        return self.base.model if isinstance(self.base, FrozenTeacher) else self.base
+
+    @property
     def parameter_count(self) -> int | None:
         """The base's own count (ONNX-backed bases have no torch parameters) plus the head's;
         None when the base is a plain torch module (then every parameter is counted)."""
-        own = getattr(self.base, "parameter_count", None)
+        own = getattr(self._network, "parameter_count", None)
         return None if own is None else int(own) + sum(p.numel() for p in self.head.parameters())
 
     def macs(self, input_shape: tuple[int, ...]) -> int:
         """The base's MACs (its own count when it has one) plus the head's."""
         from edgedistill.metrics import count_macs
 
-        return count_macs(self.base, input_shape, dtype=self.input_dtype) + self.head.weight.numel()
+        network = self._network
+        return count_macs(network, input_shape, dtype=self.input_dtype) + self.head.weight.numel()
 
     @property
     def input_dtype(self) -> torch.dtype:
-        return getattr(self.base, "input_dtype", torch.float32)
+        return getattr(self._network, "input_dtype", torch.float32)
 
 
 class AdaptedTeacher(FrozenTeacher):
