@@ -303,6 +303,8 @@ class _ForwardFeatures(torch.nn.Module):
 
 
 def _headline(metrics: dict[str, Any]) -> str:
+    if metrics.get("enabled") is False:
+        return "(not in this recipe)"
     shown = [
         f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
         for k, v in metrics.items()
