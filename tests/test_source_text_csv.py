@@ -111,3 +111,13 @@ def test_unknown_label_in_test_file(tmp_path: Path) -> None:
     _write(tmp_path / "held.csv", [("fine", "pos"), ("meh", "neutral")])
     with pytest.raises(DataError, match=r"held\.csv line 3: label 'neutral' is not one of"):
         _load(tmp_path, test_path="held.csv")
+
+
+def test_a_megabyte_cell_is_refused_with_its_line(tmp_path: Path) -> None:
+    from edgedistill.errors import DataError
+    from edgedistill.tasks.sources.text_csv import read_rows
+
+    path = tmp_path / "t.csv"
+    path.write_text('text,label\nfine,a\n"' + "x" * 70_000 + '",b\n', encoding="utf-8")
+    with pytest.raises(DataError, match=r"t.csv line 3: a text of 70,000 bytes"):
+        read_rows(path, "text", "label")

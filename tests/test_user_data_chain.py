@@ -137,3 +137,37 @@ def test_imu_csv_folder_runs_the_whole_chain(tmp_path: Path) -> None:
     done = _example(bundle, str(tmp_path / "mine.csv"))
     assert done.returncode == 0, done.stderr
     assert "wave" in done.stdout.splitlines()[1] or "wave" in done.stdout
+
+
+def test_text_csv_runs_the_whole_chain(tmp_path: Path) -> None:
+    """Reviews whose sentiment is carried by a few words; int64 token ids go through prune,
+    INT8 calibration, verify and profile, and the bundle classifies a typed sentence."""
+    rng = np.random.default_rng(2)
+    good, bad = ["great", "wonderful", "moving", "fun"], ["dull", "awful", "boring", "bad"]
+    filler = ["the", "film", "plot", "actors", "was", "really"]
+    lines = ["text,label"]
+    for i in range(160):
+        label = ("rotten", "fresh")[i % 2]
+        words = list(rng.choice(good if i % 2 else bad, 2)) + list(rng.choice(filler, 4))
+        rng.shuffle(words)
+        lines.append(f"{' '.join(words)},{label}")
+    (tmp_path / "reviews.csv").write_text("\n".join(lines) + "\n")
+    recipe = {
+        "name": "my-text",
+        "data": {"source": "text_csv", "path": "reviews.csv", "max_length": 48},
+        "student": {"arch": "text_cnn", "config": {"embed_dim": 16, "widths": [16, 16]}},
+        "distill": {"epochs": 4, "batch_size": 16, "terms": [{"name": "ce", "weight": 1.0}]},
+        **{**FAST, "prune": {"finetune_epochs": 1, "round_to": 8}},
+    }
+    out = _run(tmp_path, recipe)
+    summary = json.loads((out / "summary.json").read_text())
+    names = {m["name"] for m in summary["models"]}
+    assert {"student-pruned", "student-pruned-int8"} <= names  # token ids pruned and quantized
+    bundle = out / "bundle" / "app"
+    done = _example(bundle, "a wonderful and moving film")
+    assert done.returncode == 0, done.stderr
+    assert "predicted:" in done.stdout
+    for bad_input, message in (("", "the text is empty"), ("x" * 70_000, "not a sentence")):
+        refused = _example(bundle, bad_input)
+        assert refused.returncode != 0 and message in refused.stderr
+        assert len(refused.stderr.strip().splitlines()) == 1

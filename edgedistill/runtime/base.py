@@ -13,6 +13,8 @@ import numpy as np
 
 from edgedistill.errors import StageError
 
+INPUT_DTYPES = (np.dtype(np.float32), np.dtype(np.int64))
+
 
 class Runner(ABC):
     """Loads a model for one runtime and runs it on numpy inputs.
@@ -30,6 +32,9 @@ class Runner(ABC):
         self.name = name
         self.threads = threads
         self.input_shape: tuple[int | None, ...] | None = None
+        # float32 samples or int64 token ids; a runner that reads its model's input type
+        # sets it in _load, others accept either.
+        self.input_dtype: np.dtype | None = None
         self._loaded = False
 
     def load(self) -> Runner:
@@ -40,13 +45,15 @@ class Runner(ABC):
         return self
 
     def infer(self, x: np.ndarray) -> np.ndarray:
-        """Run one batch [B, ...] float32 -> outputs [B, K] float32."""
+        """Run one batch [B, ...] (float32, or int64 token ids) -> outputs [B, K] float32."""
         if not self._loaded:
             self.load()
         x = np.asarray(x)
-        if x.dtype != np.float32:
+        allowed = (self.input_dtype,) if self.input_dtype is not None else INPUT_DTYPES
+        if x.dtype not in allowed:
             raise StageError(
-                f"{self.name} ({self.runtime}): input dtype {x.dtype}, expected float32"
+                f"{self.name} ({self.runtime}): input dtype {x.dtype}, expected "
+                f"{' or '.join(str(np.dtype(d)) for d in allowed)}"
             )
         if self.input_shape is not None:
             expected = self.input_shape

@@ -40,6 +40,7 @@ class OnnxRuntimeRunner(Runner):
         meta = self.session.get_inputs()[0]  # type: ignore[attr-defined]
         self._input_name = meta.name
         self.input_shape = tuple(d if isinstance(d, int) else None for d in meta.shape)
+        self.input_dtype = np.dtype(np.int64 if meta.type == "tensor(int64)" else np.float32)
 
     def _infer(self, x: np.ndarray) -> np.ndarray:
         assert self.session is not None

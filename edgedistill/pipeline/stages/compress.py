@@ -6,6 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from edgedistill.artifacts import read_json
 from edgedistill.compress.calibration import output_distortion
 from edgedistill.compress.prune import prune_channels
@@ -41,6 +43,7 @@ def stage_prune(ctx: RunContext) -> dict[str, Any]:
             round_to=cfg.round_to,
             importance=cfg.importance,
             distortion=output_distortion(student, task.calibration(512, ctx.recipe.seed)),
+            input_dtype=torch.int64 if task.input.dtype == "int64" else torch.float32,
         )
         pruned = result.model
         no_finetune_top1 = task.score(predict_logits(pruned, ctx.x_test))
@@ -94,6 +97,7 @@ def stage_quantize(ctx: RunContext) -> dict[str, Any]:
                     per_channel=cfg.per_channel,
                     method=cfg.calibration_method,
                     reduce_range=cfg.reduce_range,
+                    op_types=cfg.op_types,
                 )
                 outputs.append(target.name)
                 advance(1, source)

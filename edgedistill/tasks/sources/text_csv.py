@@ -40,6 +40,7 @@ from edgedistill.tasks.sources._common import column, label_order, read_table, s
 from edgedistill.tasks.sources.base import SourceConfig, SourceContext, register_source
 from edgedistill.tasks.task import Task
 
+MAX_TEXT_BYTES = 65536  # far beyond a text the student reads (max_length bytes)
 Rows = list[tuple[str, str, str]]  # (text, label, "<file> line <n>")
 
 
@@ -93,6 +94,12 @@ def read_rows(path: Path, text_column: str, label_column: str) -> Rows:
         text, label = cells[t], cells[k].strip()
         if not text.strip():
             raise DataError(f"{where}: empty text in column {text_column!r}")
+        if len(text.encode("utf-8")) > MAX_TEXT_BYTES:
+            raise DataError(
+                f"{where}: a text of {len(text.encode('utf-8')):,} bytes in column "
+                f"{text_column!r}; an unclosed quote makes the csv module read the rest of "
+                "the file as one cell"
+            )
         if not label:
             raise DataError(f"{where}: empty label in column {label_column!r}")
         rows.append((text, label, where))
