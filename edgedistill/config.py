@@ -173,6 +173,12 @@ class QuantizeConfig(_Section):
         description="7-bit weights: the INT8 model stays accurate on CPUs without VNNI, where "
         "ONNX Runtime's U8S8 kernels add u8 x s8 pairs in int16 and saturate",
     )
+    op_types: tuple[str, ...] | None = Field(
+        default=None,
+        min_length=1,
+        description="ONNX op types to quantize (default: all ONNX Runtime can); e.g. [Conv, "
+        "Gemm, MatMul] keeps a model's own input normalisation in float",
+    )
 
 
 class ExportConfig(_Section):

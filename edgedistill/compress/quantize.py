@@ -8,6 +8,7 @@ QOperator format 20x slower than QDQ, so QDQ is the only format offered.
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -15,12 +16,17 @@ import numpy as np
 from edgedistill.artifacts import atomic_save
 
 
+def _dtype(samples: np.ndarray) -> type:
+    return np.int64 if np.issubdtype(samples.dtype, np.integer) else np.float32
+
+
 class _ArrayReader:
-    """Feeds calibration batches of [B, ...] float32 to ORT's calibrator."""
+    """Feeds calibration batches of [B, ...] to ORT's calibrator (float32, or int64 token
+    ids as they are)."""
 
     def __init__(self, input_name: str, samples: np.ndarray, batch_size: int = 32) -> None:
-        self._batches = [
-            {input_name: np.ascontiguousarray(samples[i : i + batch_size], dtype=np.float32)}
+        self._batches: list[dict[str, np.ndarray]] = [
+            {input_name: np.ascontiguousarray(samples[i : i + batch_size], dtype=_dtype(samples))}
             for i in range(0, len(samples), batch_size)
         ]
         self._index = 0
@@ -43,6 +49,7 @@ def quantize_onnx_static(
     per_channel: bool = True,
     method: str = "minmax",
     reduce_range: bool = False,
+    op_types: Sequence[str] | None = None,
 ) -> None:
     """Write an INT8 QDQ copy of ``fp32_path`` to ``int8_path`` (atomically).
 
@@ -59,6 +66,14 @@ def quantize_onnx_static(
             same QDQ model with graph optimisations off), 85.13% with ``reduce_range``;
             Fashion-MNIST student 86.37% -> 78.17% / 86.27%. A bundle may run on such a CPU
             whatever machine built it, so 7-bit weights are the safe default.
+        op_types: Quantize only nodes of these ONNX op types (None: every type ONNX Runtime
+            quantizes). ``("Conv", "Gemm", "MatMul")`` keeps everything else in float, e.g. a
+            model's own per-input normalisation. With every type, the pitch student's
+            per-frame standardisation is quantized too: the squared deviations of a frame
+            at 1% of full scale fall below one step of the range calibrated on loud frames,
+            its variance becomes 0 and the frame is wrecked (pitch student, 1000 test frames:
+            99.9% FP32 -> 98.3% INT8 raw pitch accuracy, 94.8% on frames peaking below 0.03;
+            99.9% with these three types).
     """
     import onnx
     from onnxruntime.quantization import (
@@ -92,6 +107,7 @@ def quantize_onnx_static(
                 per_channel=per_channel,
                 reduce_range=reduce_range,
                 calibrate_method=methods[method],
+                op_types_to_quantize=list(op_types) if op_types else None,
             )
 
         atomic_save(int8_path, write)

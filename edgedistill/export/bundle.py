@@ -27,8 +27,9 @@ import numpy as np
 
 from edgedistill.artifacts import atomic_copy, atomic_write_bytes, atomic_write_json, sha256_file
 from edgedistill.errors import StageError
-from edgedistill.export.bundle_examples import EXAMPLES
-from edgedistill.tasks.task import InputSpec
+from edgedistill.export.bundle_examples import example_program
+from edgedistill.export.bundle_readme import readme
+from edgedistill.tasks.task import METRICS, InputSpec
 
 BUNDLE_FORMAT = "edgedistill-bundle/1"
 MANIFEST, EXAMPLE, README = "manifest.json", "example.py", "README.md"
@@ -49,7 +50,8 @@ class BundledModel:
         onnx: The ONNX file to copy (self-contained: no external data).
         precision: "fp32" or "int8".
         source: The run's model name, e.g. "student-pruned" or "student-pruned-int8".
-        metric: Task metric (top-1 %) on the test split, or None when not measured.
+        metric: The task metric (top-1 %, or the metric write_bundle is given) on the test
+            split, or None when not measured.
         latency_ms_batch1: {runtime: {p50, p90, p99}} at batch 1 (may be empty).
     """
 
@@ -74,6 +76,7 @@ def write_bundle(
     sample_labels: Sequence[int],
     metrics: Mapping[str, Any],
     latency: Mapping[str, Any],
+    metric: str = "top1",
 ) -> dict[str, Any]:
     """Write the bundle into ``folder``; ``manifest.json`` last, so its presence means done.
 
@@ -94,6 +97,10 @@ def write_bundle(
         sample_labels: True class index of each sample.
         metrics: Accuracy/parity/size figures for the manifest.
         latency: Latency figures and their environment for the manifest.
+        metric: The task metric each model's ``top1`` entry holds (a key of
+            :data:`~edgedistill.tasks.task.METRICS`); ``pitch_rpa`` bundles a pitch tracker
+            (``example.py`` prints a WAV file's pitch track, the manifest says how to decode
+            the 360 bin scores).
 
     Returns:
         The manifest that was written.
@@ -103,6 +110,8 @@ def write_bundle(
             fit the input contract.
     """
     stored = _check(input_spec, labels, models, recommended, samples, sample_labels)
+    if metric not in METRICS:
+        raise StageError(f"bundle: unknown metric {metric!r} (known: {', '.join(METRICS)})")
     folder.mkdir(parents=True, exist_ok=True)
     previous = _previous_files(folder)
     (folder / MANIFEST).unlink(missing_ok=True)  # half-replaced bundles carry no manifest
@@ -111,7 +120,8 @@ def write_bundle(
     truth = [str(labels[int(k)]) for k in sample_labels]
     ids = [int(k) for k in sample_labels]
     sample_files, classified = _write_samples(folder, input_spec, stored, ids)
-    atomic_write_bytes(folder / EXAMPLE, EXAMPLES[input_spec.modality].encode("utf-8"))
+    program = example_program(input_spec.modality, metric)
+    atomic_write_bytes(folder / EXAMPLE, program.encode("utf-8"))
     manifest: dict[str, Any] = {
         "format": BUNDLE_FORMAT,
         "name": name,
@@ -128,13 +138,9 @@ def write_bundle(
             }
             for file, m in models.items()
         },
+        "metric": {"name": metric, "meaning": METRICS[metric].describe},
         "input": input_spec.as_dict(),
-        "output": {
-            "name": "logits",
-            "shape": ["N", len(labels)],
-            "meaning": "unnormalised class scores in the order of labels; argmax = predicted "
-            "class, softmax = probabilities",
-        },
+        "output": _output(metric, len(labels)),
         "labels": [str(label) for label in labels],
         "metrics": dict(metrics),
         "latency": dict(latency),
@@ -146,13 +152,32 @@ def write_bundle(
         },
     }
     manifest = _plain(manifest)
-    atomic_write_bytes(folder / README, _readme(manifest).encode("utf-8"))
+    atomic_write_bytes(folder / README, readme(manifest).encode("utf-8"))
     written = [*models, *sample_files, EXAMPLE, README]
     for stale in sorted(previous - set(written)):
         (folder / stale).unlink(missing_ok=True)
     manifest["files"] = {file: sha256_file(folder / file) for file in sorted(written)}
     atomic_write_json(folder / MANIFEST, manifest)
     return manifest
+
+
+def _output(metric: str, classes: int) -> dict[str, Any]:
+    """The manifest's description of the model output (a pitch task's decoding rule too)."""
+    output: dict[str, Any] = {
+        "name": "logits",
+        "shape": ["N", classes],
+        "meaning": "unnormalised class scores in the order of labels; argmax = predicted "
+        "class, softmax = probabilities",
+    }
+    if metric == "pitch_rpa":
+        from edgedistill.tasks.pitch import decoding_contract
+
+        output["meaning"] = (
+            "scores of the pitch bins in the order of labels (bin centres); decode them to Hz "
+            "and a confidence with output.pitch.rule"
+        )
+        output["pitch"] = decoding_contract()
+    return output
 
 
 # ---- checks --------------------------------------------------------------------------------
@@ -336,161 +361,3 @@ def _decode(ids: np.ndarray, tokenizer: Mapping[str, Any], index: int) -> str:
     if not text.strip():
         raise StageError(f"bundle: text sample {index} is empty")
     return text
-
-
-# ---- README --------------------------------------------------------------------------------
-
-
-def _num(value: Any, spec: str) -> str:
-    return "-" if value is None else format(float(value), spec)
-
-
-def _dims(shape: Sequence[Any]) -> str:
-    """["N", 1, 28, 28] -> "[N, 1, 28, 28]"."""
-    return "[" + ", ".join(str(d) for d in shape) + "]"
-
-
-def _contract(manifest: Mapping[str, Any]) -> tuple[str, list[str], list[str]]:
-    """(what one sample is, how to run example.py, input-contract lines) per modality."""
-    spec, samples = manifest["input"], manifest["samples"]
-    norm, shape = spec["normalization"], _dims(spec["shape"])
-    truth = samples["true_labels"]
-    told = f"true: {truth[0]}" if len(truth) == 1 else f"true: {', '.join(truth)}"
-    run = f"python example.py                        # bundled {samples['default']} ({told})"
-    other = sorted(f for f in manifest["models"] if f != manifest["recommended"])
-    choose = f"--model {other[0]}" if other else f"--model {manifest['recommended']}"
-    modality = manifest["modality"]
-    if modality == "image":
-        c, h, w = spec["shape"][1:]
-        what = f"one {h}x{w} {spec['color']} image"
-        runs = [
-            run,
-            "python example.py sample.png             # any .png/.jpg (needs Pillow; resized)",
-            f"python example.py images.npy {choose}   # uint8 [N, {c}, {h}, {w}]",
-        ]
-        names = ["gray"] if c == 1 else ["R", "G", "B"] if c == 3 else [str(i) for i in range(c)]
-        lines = [
-            f"Pixels are uint8 0..255, {spec['color']}, {h}x{w} (HxW). The model takes float32 "
-            f"`{spec['layout']}` = `{shape}`: `{norm['formula']}`; example.py applies it.",
-            "",
-            "| channel | mean | std |",
-            "|---|---|---|",
-            *(
-                f"| {n} | {_num(m, '.6g')} | {_num(s, '.6g')} |"
-                for n, m, s in zip(
-                    names, norm["mean"] or [None] * c, norm["std"] or [None] * c, strict=True
-                )
-            ),
-        ]
-    elif modality == "imu":
-        channels, units = spec["channels"], spec["units"]
-        what = (
-            f"one window of raw IMU values ({len(channels)} channels x {spec['window_samples']} "
-            f"samples = {spec['window_s']:g} s at {spec['sample_rate_hz']:g} Hz)"
-        )
-        runs = [
-            run,
-            "python example.py sample_window.csv      # header = channel names, any order",
-            f"python example.py window.npy {choose}   # [channels, time] or [time, channels]",
-        ]
-        mean = norm["mean"] or [None] * len(channels)
-        std = norm["std"] or [None] * len(channels)
-        lines = [
-            "Raw values, one column per channel, in these units; the model takes float32 "
-            f"`{spec['layout']}` = `{shape}` **normalised** per channel: `{norm['formula']}` "
-            "(example.py applies it). Consecutive windows start "
-            f"{spec['stride_s']:g} s ({spec['stride_samples']} samples) apart.",
-            "",
-            "| # | channel | unit | mean | std |",
-            "|---|---|---|---|---|",
-            *(
-                f"| {i} | {n} | {u} | {_num(m, '.6g')} | {_num(s, '.6g')} |"
-                for i, (n, u, m, s) in enumerate(zip(channels, units, mean, std, strict=True))
-            ),
-        ]
-    elif modality == "audio":
-        what = f"one {spec['clip_s']:g} s mono clip at {spec['sample_rate_hz']:g} Hz"
-        runs = [run, f"python example.py clip.wav {choose}   # any integer-PCM WAV"]
-        lines = [
-            "| property | value |",
-            "|---|---|",
-            f"| sample rate | {spec['sample_rate_hz']:g} Hz |",
-            f"| clip length | {spec['clip_s']:g} s ({spec['shape'][-1]} samples) |",
-            "| channels | mono (example.py averages channels) |",
-            f"| model input | float32 `{spec['layout']}` = `{shape}`: PCM16 / 32768 in [-1, 1] |",
-            "",
-            "Other sample rates are resampled (band-limited); longer clips are cut around their "
-            "centre, shorter ones zero-padded at the end, exactly as in training.",
-        ]
-    else:
-        tok = spec["tokenizer"]
-        what = f"one UTF-8 text (the first {tok['max_len']} bytes)"
-        runs = [
-            run,
-            'python example.py "a text to classify"',
-            f"python example.py --file texts.txt {choose}   # one text per line",
-        ]
-        lines = [
-            "| property | value |",
-            "|---|---|",
-            f"| tokenizer | {tok['type']}: id = UTF-8 byte + 1, padding {tok['pad_id']} |",
-            f"| lowercase | {'ASCII A-Z -> a-z first' if tok['lowercase'] else 'no'} |",
-            f"| max_len | {tok['max_len']} (longer texts are cut) |",
-            f"| model input | int64 `{spec['layout']}` = `{shape}` |",
-            "",
-            f"Rule: {tok['rule']}",
-        ]
-    return what, runs, lines
-
-
-def _readme(manifest: Mapping[str, Any]) -> str:
-    """The bundle's README.md, generated from the manifest (so the two never disagree)."""
-    what, runs, contract = _contract(manifest)
-    labels = manifest["labels"]
-    lines = [
-        f"# {manifest['name']}: {manifest['modality']} classifier",
-        "",
-        f"Classifies {what} as one of {len(labels)} classes: {', '.join(labels)}. "
-        f"Trained on {manifest['dataset']}.",
-        "",
-        "## Run the example",
-        "",
-        "Needs only numpy and onnxruntime (`pip install numpy onnxruntime`):",
-        "",
-        "```",
-        *runs,
-        "```",
-        "",
-        "It prints the predicted class (and every class's probability for a single sample). "
-        "Bad input is refused with one `error:` line and exit status 1.",
-        "",
-        "## Input",
-        "",
-        *contract,
-        "",
-        f"Output `{manifest['output']['name']}` `{_dims(manifest['output']['shape'])}`: "
-        f"{manifest['output']['meaning']}.",
-        "",
-        "## Models",
-        "",
-        "| file | precision | model | top-1 % (test split) | p50 ms | p99 ms (batch 1) |",
-        "|---|---|---|---|---|---|",
-    ]
-    for file, entry in manifest["models"].items():
-        latency = entry["latency_ms_batch1"] or {}
-        runtime = "onnxruntime" if "onnxruntime" in latency else next(iter(latency), None)
-        ms = latency.get(runtime, {}) if runtime else {}
-        where = f" ({runtime})" if runtime else ""
-        lines.append(
-            f"| {file} | {entry['precision']} | {entry['source']} | {_num(entry['top1'], '.2f')} "
-            f"| {_num(ms.get('p50'), '.4f')}{where} | {_num(ms.get('p99'), '.4f')} |"
-        )
-    lines += [
-        "",
-        f"Recommended: `{manifest['recommended']}`: {manifest['recommended_reason']}.",
-        "",
-        "`manifest.json` holds the complete input contract (`input`), the labels, metrics, "
-        "latency and the sha256 of every file.",
-        "",
-    ]
-    return "\n".join(lines)

@@ -1,4 +1,5 @@
-"""The ``example.py`` program of a bundle, one per modality (used by :mod:`.bundle`).
+"""The ``example.py`` program of a bundle, one per modality and one for pitch tasks (used by
+:mod:`.bundle`).
 
 Plain text, not format strings: each program reads everything it needs (input contract,
 labels, models, samples) from the bundle's ``manifest.json`` at run time, needs only numpy
@@ -41,6 +42,20 @@ RAW sensor values in manifest.json's units; this script applies (raw - mean) / s
 Channels are averaged to mono, other rates resampled, the clip cut or zero-padded to length.
 """
 ''',
+    "pitch": r'''"""Print the pitch track of a WAV file with only numpy, onnxruntime and Python's wave module.
+
+    python example.py                      # the bundled sample.wav (its true pitch printed)
+    python example.py song.wav             # any integer-PCM WAV: 16/24/32 bit, any channels
+    python example.py song.wav --hop-ms 5  # one line every 5 ms (default 10)
+    python example.py song.wav --model model-int8.onnx     # default: the recommended model
+
+One line per frame: time (s), frequency (Hz), confidence (0..1). Channels are averaged to
+mono, other rates resampled to the model's. Each 1024-sample frame is centred on its time
+(zero-padded at both ends); the model scores 360 pitch bins, decoded as manifest.json's
+output.pitch says (softmax, weighted mean of the bins around the best one). Confidence is the
+share of the probability near the best bin: low for noise, silence and unpitched sounds.
+"""
+''',
     "text": r'''"""Classify texts with only numpy and onnxruntime.
 
     python example.py                      # the bundled sample.txt (true labels printed)
@@ -54,7 +69,13 @@ Tokenised as manifest.json's input.tokenizer says (UTF-8 bytes + 1, padding 0).
 }
 
 # Standard-library modules of each program (the shared helpers need the first four).
-_IMPORTS = {"image": (), "imu": ("csv",), "audio": ("math", "wave"), "text": ()}
+_IMPORTS = {
+    "image": (),
+    "imu": ("csv",),
+    "audio": ("math", "wave"),
+    "pitch": ("math", "wave"),
+    "text": (),
+}
 
 _COMMON = r'''from pathlib import Path
 
@@ -208,5 +229,14 @@ def _program(modality: str) -> str:
     return _HEADS[modality] + imports + "\n\n\n".join(p.strip("\n") for p in parts) + "\n"
 
 
-EXAMPLES: dict[str, str] = {modality: _program(modality) for modality in _HEADS}
-"""Modality -> the complete text of the bundle's ``example.py``."""
+EXAMPLES: dict[str, str] = {program: _program(program) for program in _HEADS}
+"""Program -> the complete text of the bundle's ``example.py``: one per modality, and
+``pitch`` (a pitch track of a WAV file) for pitch tasks."""
+
+PROGRAM_OF_METRIC = {"pitch_rpa": "pitch"}
+"""Task metrics whose bundles get their own program instead of their modality's."""
+
+
+def example_program(modality: str, metric: str = "top1") -> str:
+    """The ``example.py`` text of a bundle of ``modality`` scored with ``metric``."""
+    return EXAMPLES[PROGRAM_OF_METRIC.get(metric, modality)]

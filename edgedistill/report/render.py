@@ -26,7 +26,8 @@ def _runtimes(summary: dict[str, Any]) -> list[str]:
 def summary_table(summary: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     """Header and rows of the results table (strings), shared by every renderer."""
     runtimes = _runtimes(summary)
-    header = ["model", "precision", "top-1 %", "params", "MACs", "ONNX size"]
+    header = ["model", "precision", summary.get("metric_header", "top-1 %")]
+    header += ["params", "MACs", "ONNX size"]
     header += [f"{rt} p50 / p90 ms" for rt in runtimes]
     rows = []
     for row in summary["models"]:
@@ -174,7 +175,8 @@ Latency: batch 1, {esc(str(env.get("threads", "?")))} threads, {esc(str(env.get(
 
 
 def render_plot(summary: dict[str, Any], path: Path) -> None:
-    """Scatter of top-1 accuracy against batch-1 p50 latency, one marker per model and runtime."""
+    """Scatter of the task metric (top-1 accuracy) against batch-1 p50 latency, one marker per
+    model and runtime."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -218,7 +220,7 @@ def render_plot(summary: dict[str, Any], path: Path) -> None:
     ax.legend(handles=runtime_handles, loc="lower right", fontsize=8, title="runtime")
     ax.set_xscale("log")
     ax.set_xlabel("latency p50, batch 1 (ms, log scale)")
-    ax.set_ylabel("top-1 accuracy (%)")
+    ax.set_ylabel(summary.get("metric_header", "top-1 accuracy (%)"))
     ax.set_title(f"{summary['recipe']}: accuracy vs latency")
     ax.grid(True, which="both", alpha=0.3)
     fig.tight_layout()

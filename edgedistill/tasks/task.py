@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import Any
@@ -28,6 +29,48 @@ UNLABELLED = -1
 """Label of a training sample that has none (teacher or self-supervised targets only)."""
 
 MODALITIES = ("image", "imu", "audio", "text")
+
+
+def _top1(logits: np.ndarray, labels: np.ndarray, values: np.ndarray | None) -> float:
+    from edgedistill.metrics import topk_accuracy
+
+    return topk_accuracy(logits, labels)
+
+
+def _pitch_rpa(logits: np.ndarray, labels: np.ndarray, values: np.ndarray | None) -> float:
+    from edgedistill.tasks.pitch import pitch_rpa
+
+    return pitch_rpa(logits, labels, values)
+
+
+@dataclass(frozen=True)
+class TaskMetric:
+    """A task metric: how [M, K] logits are scored, and how reports name it.
+
+    Attributes:
+        describe: What the number is, for reports ("top-1 accuracy (%)").
+        header: A short column header ("top-1 %").
+        score: ``score(logits [M, K], labels [M], values [M] or None) -> float`` (higher is
+            better); ``values`` are the task's exact held-out targets when it has them.
+        classes: The number of classes the metric needs (None: any).
+    """
+
+    describe: str
+    header: str
+    score: Callable[[np.ndarray, np.ndarray, np.ndarray | None], float]
+    classes: int | None = None
+
+
+METRICS: dict[str, TaskMetric] = {
+    "top1": TaskMetric("top-1 accuracy (%)", "top-1 %", _top1),
+    "pitch_rpa": TaskMetric(
+        "raw pitch accuracy (%): decoded pitch within 50 cents of the true f0",
+        "RPA % (50 cents)",
+        _pitch_rpa,
+        classes=360,
+    ),
+}
+"""Task metric name -> :class:`TaskMetric` (``pitch_rpa``: :mod:`edgedistill.tasks.pitch`)."""
 
 
 @dataclass(frozen=True)
@@ -160,10 +203,14 @@ class Task:
         y_test: [M] int64 labels (every held-out sample is labelled).
         groups_train, groups_test: [N] / [M] int64 group (subject, speaker, recording) of
             each sample, or None; splits are group-disjoint when given.
-        metric: The task metric reported for every model ("top1": top-1 accuracy in %).
+        metric: The task metric reported for every model, a key of :data:`METRICS` ("top1":
+            top-1 accuracy in %; "pitch_rpa": raw pitch accuracy in %).
         source: Where the data came from (a path, a package, a generator and its version).
         paired: Other synchronised streams of the *training* samples, aligned with
             ``x_train`` (cross-modal pre-training), or None.
+        y_test_value: [M] float64 exact target of each held-out sample for a metric that
+            scores more than the class (``pitch_rpa``: the true f0 in Hz, where the label is
+            only its nearest bin), or None.
     """
 
     name: str
@@ -178,6 +225,7 @@ class Task:
     metric: str = "top1"
     source: str = ""
     paired: Any = None
+    y_test_value: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if len(self.labels) < 2 or len(set(self.labels)) != len(self.labels):
@@ -203,8 +251,21 @@ class Task:
                 )
         if (self.groups_train is None) != (self.groups_test is None):
             raise DataError(f"{self.name}: groups must be given for both splits or neither")
-        if self.metric != "top1":
-            raise DataError(f"{self.name}: unknown metric {self.metric!r} (known: top1)")
+        metric = METRICS.get(self.metric)
+        if metric is None:
+            known = ", ".join(METRICS)
+            raise DataError(f"{self.name}: unknown metric {self.metric!r} (known: {known})")
+        if metric.classes is not None and len(self.labels) != metric.classes:
+            raise DataError(
+                f"{self.name}: metric {self.metric} needs {metric.classes} classes, got "
+                f"{len(self.labels)}"
+            )
+        value = self.y_test_value
+        if value is not None and (value.shape != self.y_test.shape or not np.isfinite(value).all()):
+            raise DataError(
+                f"{self.name}: y_test_value must be {len(self.y_test)} finite values, one per "
+                f"test sample, got {value.dtype} {list(value.shape)}"
+            )
 
     @property
     def num_classes(self) -> int:
@@ -229,6 +290,9 @@ class Task:
         digest.update(json.dumps(meta, sort_keys=True, default=str).encode())
         if self.paired is not None:
             digest.update(str(self.paired.fingerprint()).encode())
+        if self.y_test_value is not None:  # absent: the digest of tasks without one is unchanged
+            value = np.ascontiguousarray(self.y_test_value)
+            digest.update(f"y_test_value{value.dtype}{value.shape}".encode() + value.tobytes())
         return digest.hexdigest()
 
     @cached_property
@@ -257,11 +321,21 @@ class Task:
         pruning look-ahead)."""
         return self.input.prepare(self.x_train[self.calibration_index(n, seed)])
 
-    def score(self, logits: np.ndarray, labels: np.ndarray | None = None) -> float:
-        """The task metric of [M, K] logits against ``labels`` (default: the test labels)."""
-        from edgedistill.metrics import topk_accuracy
+    @property
+    def metric_info(self) -> TaskMetric:
+        """The :class:`TaskMetric` of :attr:`metric` (description and column header)."""
+        return METRICS[self.metric]
 
-        return topk_accuracy(logits, self.y_test if labels is None else labels)
+    def score(self, logits: np.ndarray, labels: np.ndarray | None = None) -> float:
+        """The task metric of [M, K] logits against ``labels`` (default: the test labels).
+
+        The exact targets :attr:`y_test_value` take part when the test labels are scored
+        (``labels`` None or ``y_test`` itself); other labels, e.g. a validation split of the
+        training data, are scored against their classes alone.
+        """
+        test = labels is None or labels is self.y_test
+        values = self.y_test_value if test else None
+        return self.metric_info.score(logits, self.y_test if labels is None else labels, values)
 
     # ---- derived tasks -------------------------------------------------------------------
     def subset_train(self, limit: int | None, seed: int) -> Task:

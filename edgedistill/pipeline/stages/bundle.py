@@ -90,6 +90,7 @@ def stage_bundle(ctx: RunContext) -> dict[str, Any]:
             sample_labels=[int(y) for y in task.y_test[picks]],
             metrics={k: v for k, v in verify.items() if isinstance(v, int | float)},
             latency={"batch1_ms": {m.source: m.latency_ms_batch1 for m in models.values()}},
+            metric=task.metric,
         )
         outputs = sorted(p.relative_to(stage_dir).as_posix() for p in bundle.iterdir())
         model = chosen[recommended].name

@@ -92,7 +92,9 @@ def build_summary(ctx: RunContext) -> dict[str, Any]:
         "recipe": ctx.recipe.name,
         "dataset": task.name,
         "modality": task.modality,
-        "accuracy_metric": f"top-1 % on the {len(task.y_test)} held-out samples (ONNX Runtime)",
+        "metric": task.metric,
+        "metric_header": task.metric_info.header,
+        "accuracy_metric": _metric_sentence(task),
         **_pretrain_summary(ctx),
         "models": rows,
         "speedups": speedups,
@@ -102,6 +104,14 @@ def build_summary(ctx: RunContext) -> dict[str, Any]:
         "recommended": _recommendation(ctx),
         "report": str(ctx.stage_dir("report") / "report.html"),
     }
+
+
+def _metric_sentence(task: Any) -> str:
+    """What the accuracy column holds, in words ("top-1 % on the 10000 held-out samples ...")."""
+    where = f"on the {len(task.y_test)} held-out samples (ONNX Runtime)"
+    if task.metric == "top1":
+        return f"top-1 % {where}"
+    return f"{task.metric}: {task.metric_info.describe} {where}"
 
 
 def _pretrain_summary(ctx: RunContext) -> dict[str, Any]:

@@ -57,11 +57,12 @@ def verify_models(ctx: RunContext, models: list[DeployedModel]) -> dict[str, Any
 
     FP32: ONNX Runtime (and OpenVINO at f32) against the torch model on ``parity_samples``
     held-out inputs; max |diff| must stay within ``gates.fp32_max_abs_diff``. INT8: top-1
-    agreement with the FP32 ONNX model and the accuracy drop, gated by
-    ``gates.int8_max_accuracy_drop`` (top-1 points).
+    agreement with the FP32 ONNX model and the drop of the task metric (``top1`` entries hold
+    it, whatever it is), gated by ``gates.int8_max_accuracy_drop`` (points of the metric).
     """
     gates, threads = ctx.recipe.gates, ctx.threads()
     task = ctx.task
+    metric = "top-1" if task.metric == "top1" else task.metric
     student_x = ctx.x_test.numpy()
     # The teacher keeps its own input normalisation (from its card); students use the data's.
     teacher_x = ctx.teacher_input.prepare(task.x_test).numpy() if ctx.has_teacher else student_x
@@ -100,7 +101,7 @@ def verify_models(ctx: RunContext, models: list[DeployedModel]) -> dict[str, Any
                 row["accuracy_drop"] = results[model.source]["top1"] - row["top1"]
                 if not row["accuracy_drop"] <= gates.int8_max_accuracy_drop:
                     failures.append(
-                        f"{model.name} loses {row['accuracy_drop']:.2f} top-1 points against "
+                        f"{model.name} loses {row['accuracy_drop']:.2f} {metric} points against "
                         f"{model.source} (gate {gates.int8_max_accuracy_drop:g})"
                     )
             results[model.name] = row
