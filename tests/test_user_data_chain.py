@@ -171,3 +171,80 @@ def test_text_csv_runs_the_whole_chain(tmp_path: Path) -> None:
         refused = _example(bundle, bad_input)
         assert refused.returncode != 0 and message in refused.stderr
         assert len(refused.stderr.strip().splitlines()) == 1
+
+
+class _KeywordTeacher:
+    """A text 'LM' for the test: scores fresh by counting positive words (tokenizer: split)."""
+
+    good = ("great", "wonderful", "moving", "fun")
+
+    def build(self, path: Path, config: dict[str, Any], name: str, digest: str) -> Any:
+        import torch
+        from torch import nn
+
+        from edgedistill.teachers.base import FrozenTeacher
+        from edgedistill.teachers.text import TextTeacher
+        from edgedistill.teachers.text_inputs import TextTeacherOnIds
+
+        good = self.good
+
+        class Counting(TextTeacher):
+            def spec(self) -> dict[str, Any]:
+                return {"kind": "counting"}
+
+            def _encode(self, texts: list[str]) -> torch.Tensor:
+                score = [float(sum(w in good for w in t.split())) for t in texts]
+                return torch.tensor([[1.0 - 2 * s, 2 * s - 1.0] for s in score])
+
+        tokenizer = lambda texts: {"input_ids": [t.split() for t in texts]}  # noqa: E731
+        teacher = Counting(nn.Linear(1, 1), tokenizer, name, digest)
+        teacher.config = type("C", (), {"hidden_size": 4, "num_hidden_layers": 1,
+                                        "intermediate_size": 8, "num_attention_heads": 1,
+                                        "vocab_size": 10})()  # fmt: skip
+        return FrozenTeacher(TextTeacherOnIds(teacher), name, digest)
+
+
+def test_a_torch_only_text_teacher_is_verified_and_profiled_in_torch(tmp_path: Path) -> None:
+    """A teacher that cannot become one ONNX graph (a tokenizer inside) distils through the
+    chain: not exported, scored and timed in torch, and the speed-up is measured against it."""
+    import hashlib
+
+    import yaml as _yaml
+
+    from edgedistill.teachers.packaged import PACKAGED_TEACHERS, register_packaged_teacher
+
+    if "test_counting" not in PACKAGED_TEACHERS:
+        register_packaged_teacher("test_counting", install="-", extra="text")(
+            _KeywordTeacher().build
+        )
+    import numpy  # the weights 'file' is any file of an installed package
+
+    weights = Path(numpy.__file__)
+    card = {
+        "name": "counting", "arch": "test_counting", "package": "numpy",
+        "weights": weights.name, "sha256": hashlib.sha256(weights.read_bytes()).hexdigest(),
+    }  # fmt: skip
+    (tmp_path / "card.yaml").write_text(_yaml.safe_dump(card))
+    rng = np.random.default_rng(3)
+    lines = ["text,label"]
+    for i in range(120):
+        words = list(rng.choice(_KeywordTeacher.good if i % 2 else ["dull", "bad"], 2))
+        lines.append(f"{' '.join([*words, 'the', 'film'])},{('rotten', 'fresh')[i % 2]}")
+    (tmp_path / "reviews.csv").write_text("\n".join(lines) + "\n")
+    recipe = {
+        "name": "torch-only-teacher",
+        "data": {"source": "text_csv", "path": "reviews.csv", "max_length": 32,
+                 "labels": ["rotten", "fresh"]},
+        "teacher": {"card": "card.yaml"},
+        "student": {"arch": "text_cnn", "config": {"embed_dim": 8, "widths": [16, 16]}},
+        "distill": {"epochs": 2, "batch_size": 16,
+                    "terms": [{"name": "ce", "weight": 0.5}, {"name": "kd", "weight": 0.5}]},
+        **{**FAST, "prune": {"finetune_epochs": 1, "round_to": 8}},
+    }  # fmt: skip
+    out = _run(tmp_path, recipe)
+    assert not (out / "export" / "teacher.onnx").exists()
+    summary = json.loads((out / "summary.json").read_text())
+    teacher = next(m for m in summary["models"] if m["name"] == "teacher")
+    assert teacher["onnx"] is None and teacher["accuracy"] == 100.0
+    assert set(teacher["latency_ms"]) == {"torch"}
+    assert any("vs teacher (torch)" in key for key in summary["speedups"])

@@ -66,6 +66,11 @@ class _HeadOnFeatures(nn.Module):
         return out
 
     @property
+    def exportable(self) -> bool:
+        """False when the base network cannot become one ONNX graph."""
+        return bool(getattr(self._network, "exportable", True))
+
+    @property
     def _network(self) -> nn.Module:
         """The base network (unwrapped from its :class:`FrozenTeacher`)."""
         return self.base.model if isinstance(self.base, FrozenTeacher) else self.base

@@ -62,6 +62,8 @@ class SpeechEmbedding(nn.Module):
         waveform [B, T] float in [-1, 1] at 16 kHz, T >= 12,640 -> features [B, W * 96].
     """
 
+    exportable = False  # ONNX Runtime sessions / a tokenizer inside: a torch-only row
+
     def __init__(self, mel_path: Path, embedding_path: Path, threads: int = 2) -> None:
         super().__init__()
         import onnxruntime as ort

@@ -84,6 +84,8 @@ class TextTeacherOnIds(nn.Module):
         ids [B, L] int64 (0 = padding) -> the teacher's outputs [B, D] float32.
     """
 
+    exportable = False  # ONNX Runtime sessions / a tokenizer inside: a torch-only row
+
     input_dtype = torch.int64
 
     def __init__(self, teacher: TextTeacher) -> None:

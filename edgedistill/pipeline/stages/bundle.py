@@ -8,8 +8,9 @@ from typing import Any
 
 import numpy as np
 
+from edgedistill.errors import StageError
 from edgedistill.pipeline.context import RunContext, StageOutcome
-from edgedistill.pipeline.stages.export import deployed_models
+from edgedistill.pipeline.stages.export import DeployedModel, deployed_models
 from edgedistill.pipeline.stages.report import latency_b1
 
 FP32_FILE, INT8_FILE = "model.onnx", "model-int8.onnx"
@@ -69,7 +70,7 @@ def stage_bundle(ctx: RunContext) -> dict[str, Any]:
         picks = np.sort(np.random.default_rng(0).choice(len(task.y_test), count, replace=False))
         models = {
             file: BundledModel(
-                onnx=m.onnx,
+                onnx=_onnx_of(m),
                 precision=m.precision,
                 source=m.name,
                 metric=verify.get(f"{m.name}_top1"),
@@ -100,3 +101,10 @@ def stage_bundle(ctx: RunContext) -> dict[str, Any]:
         )
 
     return ctx.run_stage("bundle", inputs, body)
+
+
+def _onnx_of(model: DeployedModel) -> Path:
+    """A bundled (student) model's ONNX file; only a teacher can be torch-only."""
+    if model.onnx is None:
+        raise StageError(f"{model.name} has no ONNX file to bundle")
+    return model.onnx

@@ -25,7 +25,7 @@ class DeployedModel:
 
     name: str
     precision: str  # "fp32" or "int8"
-    onnx: Path
+    onnx: Path | None  # None: a teacher that runs only in torch (see is_exportable)
     openvino: Path | None
     source: str | None  # the FP32 model an INT8 model was made from
 
@@ -38,6 +38,13 @@ class DeployedModel:
             return None if is_onnx_model(ctx.teacher.model) else ctx.teacher.model
         stage = "distill" if self.name == "student" else "prune"
         return load_model(ctx.stage_dir(stage), self.name)
+
+
+def is_exportable(model: nn.Module) -> bool:
+    """Whether ``model`` can become one ONNX graph. A teacher that runs ONNX Runtime sessions
+    or a tokenizer inside its forward (``exportable = False``: the speech embedding, text
+    teachers) stays a torch-only row: verified and profiled in torch, never exported."""
+    return bool(getattr(model, "exportable", True))
 
 
 def is_onnx_model(model: nn.Module) -> bool:
@@ -62,11 +69,12 @@ def deployed_models(ctx: RunContext) -> list[DeployedModel]:
     rows = []
     for name in ctx.manifests["export"]["metrics"]["models"]:
         xml = f"{name}.xml"
+        onnx = f"{name}.onnx"
         rows.append(
             DeployedModel(
                 name,
                 "fp32",
-                export_dir / f"{name}.onnx",
+                export_dir / onnx if onnx in export_outputs else None,
                 export_dir / xml if xml in export_outputs else None,
                 None,
             )
@@ -114,6 +122,9 @@ def stage_export(ctx: RunContext) -> dict[str, Any]:
         with progress_bar(ctx.console, "export", len(models) * (2 if use_ov else 1)) as advance:
             for name, model in models.items():
                 path = stage_dir / f"{name}.onnx"
+                if not is_exportable(model):
+                    advance(2 if use_ov else 1, f"{name} (torch only)")
+                    continue
                 if is_onnx_model(model):  # an ONNX teacher: its export is the file itself
                     atomic_copy(Path(model.onnx_path), path)  # type: ignore[arg-type]
                 else:
@@ -134,8 +145,15 @@ def stage_export(ctx: RunContext) -> dict[str, Any]:
                     xml = export_openvino(path, stage_dir / f"{name}.xml")
                     outputs += [xml.name, xml.with_suffix(".bin").name]
                     advance(1, f"{name} (OpenVINO)")
+        torch_only = [name for name, model in models.items() if not is_exportable(model)]
         return StageOutcome(
-            outputs, {"models": list(models), "onnx_bytes": sizes, "openvino": use_ov}
+            outputs,
+            {
+                "models": list(models),
+                "onnx_bytes": sizes,
+                "openvino": use_ov,
+                **({"torch_only": torch_only} if torch_only else {}),
+            },
         )
 
     return ctx.run_stage("export", inputs, body)

@@ -31,6 +31,8 @@ def stage_profile(ctx: RunContext) -> dict[str, Any]:
             for runtime in cfg.runtimes:
                 if runtime == "torch" and model.torch_model(ctx) is None:
                     continue
+                if runtime != "torch" and model.onnx is None:  # a torch-only teacher
+                    continue
                 if runtime == "openvino" and not openvino_available():
                     continue
                 plan.append((model, runtime))
@@ -95,5 +97,8 @@ def _runner(ctx: RunContext, model: DeployedModel, runtime: str) -> Runner:
         assert module is not None
         return TorchRunner(module, model.name, threads)
     if runtime == "openvino":
-        return OpenVinoRunner(model.openvino or model.onnx, model.name, threads, "f32")
+        path = model.openvino or model.onnx
+        assert path is not None
+        return OpenVinoRunner(path, model.name, threads, "f32")
+    assert model.onnx is not None
     return OnnxRuntimeRunner(model.onnx, model.name, threads)

@@ -70,11 +70,11 @@ def build_summary(ctx: RunContext) -> dict[str, Any]:
                 "precision": model.precision,
                 "params": count_params(base),
                 "macs": count_macs(base, shape, dtype=dtype),
-                "size_bytes": model.onnx.stat().st_size,
+                "size_bytes": _size_bytes(model, base),
                 "accuracy": round(verify[model.name]["top1"], 2),
                 "latency_ms": latency.get(model.name, {}),
                 "latency_sweep_ms": sweep.get(model.name, []),
-                "onnx": str(model.onnx.relative_to(ctx.out)),
+                "onnx": None if model.onnx is None else str(model.onnx.relative_to(ctx.out)),
             }
         )
     speedups = {}
@@ -104,6 +104,13 @@ def build_summary(ctx: RunContext) -> dict[str, Any]:
         "recommended": _recommendation(ctx),
         "report": str(ctx.stage_dir("report") / "report.html"),
     }
+
+
+def _size_bytes(model: Any, module: Any) -> int:
+    """The ONNX file's size; for a torch-only teacher, its float32 weights (4 bytes each)."""
+    if model.onnx is not None:
+        return int(model.onnx.stat().st_size)
+    return 4 * count_params(module)
 
 
 def _metric_sentence(task: Any) -> str:

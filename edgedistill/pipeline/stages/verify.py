@@ -75,12 +75,18 @@ def verify_models(ctx: RunContext, models: list[DeployedModel]) -> dict[str, Any
             row: dict[str, Any] = {"precision": model.precision}
             x_test = teacher_x if model.name == "teacher" else student_x
             x_parity = x_test[:n_parity]
-            with OnnxRuntimeRunner(model.onnx, model.name, threads) as runner:
-                logits = run_batched(runner, x_test)
+            module = model.torch_model(ctx)
+            if model.onnx is None:  # a torch-only teacher: scored in torch, nothing to compare
+                assert module is not None
+                with TorchRunner(module, model.name, threads) as runner:
+                    logits = run_batched(runner, x_test)
+                row["runtime"] = "torch"
+            else:
+                with OnnxRuntimeRunner(model.onnx, model.name, threads) as runner:
+                    logits = run_batched(runner, x_test)
             logits_by_name[model.name] = logits
             row["top1"] = task.score(logits)
-            module = model.torch_model(ctx)
-            if module is not None:
+            if module is not None and model.onnx is not None:
                 with TorchRunner(module, model.name, threads) as reference:
                     ref = run_batched(reference, x_parity)
                 checks = [("onnxruntime", logits[: len(x_parity)])]
