@@ -141,6 +141,11 @@ def main() -> None:
     parser.add_argument("--title", default=None)
     parser.add_argument("--runs", type=int, default=100, help="timed runs per latency")
     parser.add_argument("--work", type=Path, default=None)
+    parser.add_argument(
+        "--fresh",
+        action="store_true",
+        help="delete earlier runs first (default: resume them; unchanged stages are skipped)",
+    )
     args = parser.parse_args()
     recipe_path = args.recipe.resolve()
     work = args.work or ROOT / "runs" / f"bench-{args.section}"
@@ -151,9 +156,11 @@ def main() -> None:
     for seed in args.seeds:
         for variant in args.variants:
             out = work / f"{variant}-s{seed}"
-            shutil.rmtree(out, ignore_errors=True)
-            out.mkdir(parents=True)
-            (out / "cache").symlink_to(shared_cache.resolve(), target_is_directory=True)
+            if args.fresh:
+                shutil.rmtree(out, ignore_errors=True)
+            out.mkdir(parents=True, exist_ok=True)
+            if not (out / "cache").exists():
+                (out / "cache").symlink_to(shared_cache.resolve(), target_is_directory=True)
             recipe = variant_recipe(recipe_path, variant, seed, args.runs)
             started = time.perf_counter()
             run_pipeline(recipe, out, console=Console(file=io.StringIO()))
