@@ -77,7 +77,7 @@ def read_wav(path: Path) -> tuple[np.ndarray, int]:
             data = wav.readframes(wav.getnframes())
     except (OSError, EOFError, wave.Error) as exc:
         raise DataError(
-            f"{path}: not a readable PCM WAV file ({exc}); convert it to integer PCM, e.g. "
+            f"{path}: not a readable PCM WAV file ({exc or 'the file ends before its WAV header does'}); convert it to integer PCM, e.g. "
             "ffmpeg -i IN -c:a pcm_s16le OUT.wav"
         ) from None
     if width not in _FULL_SCALE or channels < 1 or rate < 1:
