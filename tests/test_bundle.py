@@ -340,7 +340,18 @@ def test_wav_at_8khz_is_resampled_like_the_chain(audio: Case, tmp_path: Path) ->
     assert _predictions(fallback) == ["middle"] and "numpy FFT" in fallback.stderr
 
 
-@pytest.mark.parametrize("width", [1, 3, 4])
+def test_8_bit_wav_is_refused_in_one_line(audio: Case, tmp_path: Path) -> None:
+    wav = tmp_path / "coarse.wav"
+    _write_wav(wav, _tone(TONES[2], RATE, 500)[:, None], RATE, 1)
+    result = _run(audio.bundle, str(wav))
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines() == [
+        "error: coarse.wav: 8-bit audio with 1 channel(s); convert it, e.g. ffmpeg -i IN -ac 1 "
+        f"-ar {RATE} -c:a pcm_s16le OUT.wav"
+    ]
+
+
+@pytest.mark.parametrize("width", [3, 4])
 def test_wav_widths_and_channels(audio: Case, tmp_path: Path, width: int) -> None:
     wav = tmp_path / "stereo.wav"
     tone = _tone(TONES[2], RATE, 500)

@@ -10,9 +10,10 @@ _WAV = r'''
 FULL_SCALE = {1: 128.0, 2: 32768.0, 3: 8388608.0, 4: 2147483648.0}
 
 
-def read_wav(path, rate_wanted, widths=(1, 2, 3, 4)):
+def read_wav(path, rate_wanted, widths=(2, 3, 4)):
     """(mono float32 samples in [-1, 1], sample rate) of an integer-PCM WAV file whose
-    sample width in bytes is one of ``widths``."""
+    sample width in bytes is one of ``widths`` (8-bit audio, 48 dB of range, is refused:
+    a model trained on 16-bit clips would silently see a noisier input)."""
     advice = f"convert it, e.g. ffmpeg -i IN -ac 1 -ar {rate_wanted} -c:a pcm_s16le OUT.wav"
     try:
         with wave.open(str(path), "rb") as wav:
@@ -135,7 +136,7 @@ def main():
     target = int(round(SPEC["sample_rate_hz"]))
     if not math.isfinite(args.hop_ms) or not 1000 / target <= args.hop_ms <= 1000:
         fail(f"--hop-ms {args.hop_ms:g} must lie between {1000 / target:g} and 1000")
-    samples, rate = read_wav(path, target, widths=(2, 3, 4))  # 8-bit is too coarse
+    samples, rate = read_wav(path, target)
     if rate != target:
         samples = resample(samples, rate, target)
     hop = max(1, round(args.hop_ms * target / 1000))
