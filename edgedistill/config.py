@@ -179,6 +179,13 @@ class QuantizeConfig(_Section):
         description="ONNX op types to quantize (default: all ONNX Runtime can); e.g. [Conv, "
         "Gemm, MatMul] keeps a model's own input normalisation in float",
     )
+    keep_float_until: str | None = Field(
+        default="auto",
+        min_length=1,
+        description="ONNX op type: its first node and everything before it stay float (a "
+        "signal front end). auto: the student's own (audio_dscnn with its log-mel: Log); "
+        "null: quantize everything",
+    )
 
 
 class ExportConfig(_Section):

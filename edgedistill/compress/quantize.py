@@ -10,6 +10,7 @@ from __future__ import annotations
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -50,7 +51,8 @@ def quantize_onnx_static(
     method: str = "minmax",
     reduce_range: bool = False,
     op_types: Sequence[str] | None = None,
-) -> None:
+    keep_float_until: str | None = None,
+) -> list[str]:
     """Write an INT8 QDQ copy of ``fp32_path`` to ``int8_path`` (atomically).
 
     Args:
@@ -74,6 +76,19 @@ def quantize_onnx_static(
             its variance becomes 0 and the frame is wrecked (pitch student, 1000 test frames:
             99.9% FP32 -> 98.3% INT8 raw pitch accuracy, 94.8% on frames peaking below 0.03;
             99.9% with these three types).
+        keep_float_until: ONNX op type: the first node of this type and every node it depends
+            on stay in float (a model's own signal front end). ``"Log"`` keeps a log-mel front
+            end (windowed-DFT conv, power, mel matmul, log) in float: quantized, its power
+            spectrum spans more decades than 8 bits can hold, the quiet bands all round to one
+            step and the log of them is noise (speech-keywords DS-CNN, 300 held-out clips: INT8
+            agrees with FP32 on 18% with every node quantized, 27% with everything but the
+            final add and log kept, 97.7% with the whole front end in float).
+
+    Returns:
+        The names of the nodes kept in float because of ``keep_float_until`` (empty if none).
+
+    Raises:
+        ValueError: Empty calibration, or no node of type ``keep_float_until``.
     """
     import onnx
     from onnxruntime.quantization import (
@@ -95,6 +110,11 @@ def quantize_onnx_static(
     with tempfile.TemporaryDirectory() as tmp:
         prepared = Path(tmp) / "prepared.onnx"
         quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
+        kept_float = (
+            _nodes_up_to(onnx.load(str(prepared)).graph, keep_float_until)
+            if keep_float_until
+            else []
+        )
 
         def write(dest: Path) -> None:
             quantize_static(
@@ -108,6 +128,26 @@ def quantize_onnx_static(
                 reduce_range=reduce_range,
                 calibrate_method=methods[method],
                 op_types_to_quantize=list(op_types) if op_types else None,
+                nodes_to_exclude=kept_float,
             )
 
         atomic_save(int8_path, write)
+    return kept_float
+
+
+def _nodes_up_to(graph: Any, op_type: str) -> list[str]:
+    """Names of the first ``op_type`` node of ``graph`` and of every node it depends on."""
+    first = next((n for n in graph.node if n.op_type == op_type), None)
+    if first is None:
+        found = sorted({n.op_type for n in graph.node})
+        raise ValueError(f"keep_float_until: no {op_type} node in the model (it has {found})")
+    producer = {out: n for n in graph.node for out in n.output}
+    kept: dict[str, None] = {}
+    pending = [first]
+    while pending:
+        node = pending.pop()
+        if node.name in kept:
+            continue
+        kept[node.name] = None
+        pending.extend(producer[i] for i in node.input if i in producer)
+    return [n.name for n in graph.node if n.name in kept]

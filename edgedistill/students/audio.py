@@ -269,6 +269,8 @@ class AudioDSCNN(PooledClassifier):
             "dropout": dropout,
         }
         self.frontend: nn.Module = LogMel(**mel_args) if frontend else nn.Identity()  # type: ignore[arg-type]
+        # The quantize stage keeps the log-mel in float (see quantize_onnx_static).
+        self.float_frontend_until: str | None = "Log" if frontend else None
         self.stem = nn.Sequential(ConvBN2d(1, scaled[0], stem_kernel, stem_stride), nn.ReLU())
         self.blocks = nn.ModuleList(
             DSBlock(cin, cout, kernel_size, stride)

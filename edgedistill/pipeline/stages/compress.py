@@ -86,11 +86,16 @@ def stage_quantize(ctx: RunContext) -> dict[str, Any]:
             return StageOutcome([], {"enabled": False, "models": []})
         sources = [m for m in ctx.manifests["export"]["metrics"]["models"] if m != "teacher"]
         calibration = ctx.task.calibration(cfg.calibration_samples, ctx.recipe.seed).numpy()
+        keep_float_until = cfg.keep_float_until
+        if keep_float_until == "auto":
+            student = load_model(ctx.stage_dir("distill"), "student")
+            keep_float_until = getattr(student, "float_frontend_until", None)
         outputs = []
+        kept_float: list[str] = []
         with progress_bar(ctx.console, "quantize", len(sources)) as advance:
             for source in sources:
                 target = stage_dir / f"{source}-int8.onnx"
-                quantize_onnx_static(
+                kept_float = quantize_onnx_static(
                     ctx.output("export", f"{source}.onnx"),
                     target,
                     calibration,
@@ -98,9 +103,18 @@ def stage_quantize(ctx: RunContext) -> dict[str, Any]:
                     method=cfg.calibration_method,
                     reduce_range=cfg.reduce_range,
                     op_types=cfg.op_types,
+                    keep_float_until=keep_float_until,
                 )
                 outputs.append(target.name)
                 advance(1, source)
-        return StageOutcome(outputs, {"models": sources, "calibration_samples": len(calibration)})
+        return StageOutcome(
+            outputs,
+            {
+                "models": sources,
+                "calibration_samples": len(calibration),
+                "kept_float_until": keep_float_until,
+                "nodes_kept_float": len(kept_float),
+            },
+        )
 
     return ctx.run_stage("quantize", inputs, body)
