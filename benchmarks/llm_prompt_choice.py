@@ -50,7 +50,9 @@ def main() -> None:
         )  # fmt: skip
         started = time.perf_counter()
         with torch.inference_mode():
-            scores = np.concatenate([teacher(texts[i : i + 16]).numpy() for i in range(0, len(texts), 16)])
+            scores = np.concatenate(
+                [teacher(texts[i : i + 16]).numpy() for i in range(0, len(texts), 16)]
+            )
         predicted = scores.argmax(1)
         row = {
             "template": name,

@@ -38,7 +38,9 @@ def test_full_corpus_is_split_by_film_and_keeps_every_review_once(tmp_path: Path
     assert len(set(texts)) > 12_700  # duplicates dropped (a few differ only after 64 bytes)
     # the split does not move with the recipe seed
     again = build_task(
-        parse_data_section({"source": "rotten-tomatoes", "max_length": 64}, base_dir=None, source="t"),
+        parse_data_section(
+            {"source": "rotten-tomatoes", "max_length": 64}, base_dir=None, source="t"
+        ),
         cache_dir=tmp_path,
         seed=5,
     )

@@ -122,7 +122,9 @@ class TextTeacherOnIds(nn.Module):
 
     def _count_tokens(self, texts: list[str]) -> None:
         tokenizer = self.teacher.tokenizer
-        prompts = self.teacher.prompts(texts) if isinstance(self.teacher, CausalLMTeacher) else texts
+        prompts = (
+            self.teacher.prompts(texts) if isinstance(self.teacher, CausalLMTeacher) else texts
+        )
         self._tokens_seen += sum(len(ids) for ids in tokenizer(prompts)["input_ids"])
         self._texts_seen += len(texts)
 
