@@ -405,6 +405,7 @@ BAD: dict[str, list[tuple[str, Callable[[Path], list[str]], tuple[str, ...]]]] =
     "audio": [
         ("text", _file("fake.wav", "not audio"), ("not a PCM WAV",)),
         ("mp3", _file("clip.mp3", "ID3..."), ("not a PCM WAV", "ffmpeg")),
+        ("short", _file("tiny.wav", "hello"), ("not a PCM WAV file (the file ends before",)),
         ("missing", lambda d: [str(d / "absent.wav")], ("no such file",)),
     ],
     "text": [

@@ -20,7 +20,7 @@ def read_wav(path, rate_wanted, widths=(2, 3, 4)):
             channels, width, rate = wav.getnchannels(), wav.getsampwidth(), wav.getframerate()
             data = wav.readframes(wav.getnframes())
     except Exception as exc:
-        fail(f"{path.name} is not a PCM WAV file ({exc or 'the file ends before its WAV header does'}); {advice}")
+        fail(f"{path.name} is not a PCM WAV file ({str(exc) or 'the file ends before its WAV header does'}); {advice}")
     if width not in FULL_SCALE or width not in widths or channels < 1 or rate < 1:
         fail(f"{path.name}: {8 * width}-bit audio with {channels} channel(s); {advice}")
     usable = len(data) // (width * channels) * width * channels  # drop a truncated last frame
