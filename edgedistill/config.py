@@ -186,6 +186,11 @@ class QuantizeConfig(_Section):
         "signal front end). auto: the student's own (audio_dscnn with its log-mel: Log); "
         "null: quantize everything",
     )
+    activations: Literal["uint8", "int8-symmetric"] = Field(
+        default="uint8",
+        description="activation format of the QDQ model: uint8 (asymmetric, ONNX Runtime's "
+        "CPU default) or int8-symmetric (zero point 0, which TensorRT INT8 engines need)",
+    )
 
 
 class ExportConfig(_Section):
@@ -197,17 +202,41 @@ class ExportConfig(_Section):
 
 
 class ProfileConfig(_Section):
-    """Latency measurement: runtimes, threads, batch sweep, warm-up and timed runs."""
+    """Latency measurement: runtimes, threads, batch sweep, warm-up and timed runs.
 
-    runtimes: tuple[Literal["torch", "onnxruntime", "openvino"], ...] = (
-        "torch",
-        "onnxruntime",
-        "openvino",
-    )
+    ``runtimes`` are names of :mod:`edgedistill.runtime.registry` (torch, onnxruntime,
+    openvino, torch-cuda, tensorrt, onnxruntime-cuda, onnxruntime-trt, torch-tensorrt). A listed
+    runtime that cannot run on the machine doing the profiling (library not installed, or no
+    CUDA GPU) is skipped with one console line and recorded under ``skipped`` in latency.json,
+    never an error: the profile stage runs after training, and a recipe written on a laptop
+    that lists ``tensorrt`` must still finish there.
+    ``precisions`` are the precisions FP32 models are measured at on runtimes that offer them
+    (fp32 always; e.g. ``[fp32, fp16, bf16]`` adds torch-cuda FP16/BF16 and TensorRT FP16
+    rows); INT8 ONNX models always run as int8.
+    """
+
+    runtimes: tuple[str, ...] = ("torch", "onnxruntime", "openvino")
+    precisions: tuple[Literal["fp32", "fp16", "bf16"], ...] = ("fp32",)
     threads: int = Field(default=2, ge=1)
     batch_sizes: tuple[int, ...] = (1, 8, 32)
     warmup: int = Field(default=20, ge=0)
     runs: int = Field(default=200, ge=100)
+
+    @field_validator("runtimes")
+    @classmethod
+    def _known_runtimes(cls, names: tuple[str, ...]) -> tuple[str, ...]:
+        from edgedistill.runtime.registry import RUNTIMES  # lazy: the registry imports torch
+
+        for name in names:
+            if name not in RUNTIMES:
+                known = ", ".join(repr(n) for n in RUNTIMES)
+                raise ValueError(f"unknown runtime {name!r}; known runtimes: {known}")
+        return tuple(dict.fromkeys(names))  # each once, in the order given
+
+    @field_validator("precisions")
+    @classmethod
+    def _fp32_always(cls, precisions: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(("fp32", *precisions)))
 
     @field_validator("batch_sizes")
     @classmethod
@@ -218,11 +247,44 @@ class ProfileConfig(_Section):
             raise ValueError("batch size 1 must be measured")
         return tuple(sorted(set(sizes)))
 
+    store: Path | None = Field(
+        default=None,
+        description="results store (SQLite) the measurements are appended to; "
+        "null: <run folder>/results.sqlite",
+    )
+
+    @field_validator("store")
+    @classmethod
+    def _store_path(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        return None if value is None else _resolve(value, info)
+
 
 class GatesConfig(_Section):
-    """Pass/fail thresholds that the verify stage enforces."""
+    """Pass/fail thresholds that the verify stage (and engine checks) enforce.
+
+    ``fp32_max_abs_diff`` bounds ``max |candidate - reference|`` in output units. The reduced
+    precision bounds are relative to the output scale, ``max |candidate - reference| /
+    max |reference|``: a float format's rounding error grows with the magnitude of the values
+    it holds, so one absolute number cannot serve logits of range 3 and 30 alike, and a
+    per-element ratio explodes on logits near zero. Defaults: fp16 keeps 11 significant bits
+    (unit roundoff 2^-11 = 4.9e-4); a few tens of layers accumulating in fp32 typically land
+    at 1e-3..5e-3 of the output scale, so 1e-2 leaves a margin yet catches overflow and wrong
+    kernels. bf16 keeps 8 bits (2^-8 = 3.9e-3, 8x coarser) and typically lands at 0.5-2%,
+    hence 3e-2. ``min_top1_agreement`` (percent of samples whose arg-max class is unchanged)
+    adds a decision-level check for fp16/bf16: a flip costs 100/N points, so use enough
+    ``parity_samples`` (at 64 samples one flip already fails 99%).
+    """
 
     fp32_max_abs_diff: float = Field(default=1e-4, gt=0)
+    fp16_max_abs_diff: float = Field(
+        default=1e-2, gt=0, description="max |diff| / max |reference output|"
+    )
+    bf16_max_abs_diff: float = Field(
+        default=3e-2, gt=0, description="max |diff| / max |reference output|"
+    )
+    min_top1_agreement: float = Field(
+        default=99.0, ge=0, le=100, description="percent of samples, fp16/bf16"
+    )
     int8_max_accuracy_drop: float = Field(default=1.0, ge=0, description="top-1 points")
     parity_samples: int = Field(default=1000, ge=1)
 
@@ -317,6 +379,54 @@ class Recipe(_Section):
 
 
 TARGET_SECTIONS = ("export", "profile", "quantize", "gates")
+TARGET_KEYS = ("name", "description", "device", *TARGET_SECTIONS)
+
+
+class TargetDevice(_Section):
+    """The device agent (``edgedistill agent serve``) a target's models are measured on.
+
+    The token never sits in the file: ``token_env`` names the environment variable that holds
+    it (``--token-file`` on the command line takes precedence).
+    """
+
+    url: str = Field(pattern=r"^https?://[^\s/]+(/\S*)?$", description="http(s)://host:port")
+    token_env: str = Field(default="EDGEDISTILL_AGENT_TOKEN", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+class TargetProfile(_Section):
+    """A target profile (``export/*.yaml``): overrides of recipe sections, and optionally the
+    device whose agent measures the models. The overrides are validated with the recipe."""
+
+    name: str = Field(default="target", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    description: str = ""
+    device: TargetDevice | None = None
+    export: dict[str, Any] | None = None
+    profile: dict[str, Any] | None = None
+    quantize: dict[str, Any] | None = None
+    gates: dict[str, Any] | None = None
+
+    def overrides(self) -> dict[str, dict[str, Any]]:
+        """``{section: {key: value}}`` this target sets in a recipe."""
+        return {
+            key: section for key in TARGET_SECTIONS if (section := getattr(self, key)) is not None
+        }
+
+
+def load_target(path: str | Path) -> TargetProfile:
+    """Read and validate a target profile. Raises :class:`RecipeError` with a one-line message."""
+    path = Path(path)
+    raw = read_yaml(path, "target profile")
+    if not isinstance(raw, dict):
+        raise RecipeError(f"{path}: expected a mapping of sections")
+    for key in raw:
+        if key not in TARGET_KEYS:
+            raise RecipeError(
+                f"{path}: unknown key '{key}' (allowed here: {', '.join(TARGET_KEYS)})"
+            )
+    target: TargetProfile = validate_section(
+        TargetProfile, raw, base_dir=path.resolve().parent, source=str(path)
+    )
+    return target
 
 
 def load_recipe(path: str | Path, *, target: str | Path | None = None) -> Recipe:
@@ -324,32 +434,25 @@ def load_recipe(path: str | Path, *, target: str | Path | None = None) -> Recipe
 
     Args:
         path: The recipe YAML.
-        target: Optional target profile YAML (``export/*.yaml``) whose ``export``, ``profile``,
-            ``quantize`` and ``gates`` sections override the recipe's, key by key.
+        target: Optional target profile YAML (``export/*.yaml``, :func:`load_target`) whose
+            ``export``, ``profile``, ``quantize`` and ``gates`` sections override the
+            recipe's, key by key.
     """
     path = Path(path)
     raw = read_yaml(path, "recipe")
     if target is not None:
-        target = Path(target)
-        overlay = read_yaml(target, "target profile")
-        if not isinstance(overlay, dict):
-            raise RecipeError(f"{target}: expected a mapping of sections")
-        for key, section in overlay.items():
-            if key in ("name", "description"):
-                continue
-            if key not in TARGET_SECTIONS:
-                raise RecipeError(
-                    f"{target}: unknown key '{key}' (allowed here: name, description, "
-                    f"{', '.join(TARGET_SECTIONS)})"
-                )
-            if isinstance(raw, dict) and isinstance(section, dict):
+        for key, section in load_target(target).overrides().items():
+            if isinstance(raw, dict):
                 raw[key] = {**(raw.get(key) or {}), **section}
     return Recipe.from_dict(raw, base_dir=path.resolve().parent, source=str(path))
 
 
 __all__ = [
     "Recipe",
+    "TargetDevice",
+    "TargetProfile",
     "describe_validation_error",
     "load_recipe",
+    "load_target",
     "read_yaml",
 ]

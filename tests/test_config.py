@@ -206,7 +206,7 @@ def test_teacher_card_that_does_not_exist(tmp_path: Path, tiny_recipe_dict: dict
         ("prune.importance", "l3", ("'l1'", "'l2'")),
         ("quantize.calibration_method", "kl", ("'minmax'", "'entropy'", "'percentile'")),
         ("export.openvino", "maybe", ("'auto'", "'yes'", "'no'")),
-        ("profile.runtimes", ["torch", "tensorrt"], ("'torch'", "'onnxruntime'", "'openvino'")),
+        ("profile.runtimes", ["torch", "tflite"], ("'torch'", "'onnxruntime'", "'openvino'")),
     ],
 )
 def test_literal_value_not_allowed_lists_allowed_values(
@@ -304,7 +304,7 @@ def test_empty_recipe_file(tmp_path: Path) -> None:
         lambda d: _with(d, "student.depth", 3),
         lambda d: _with(d, "distill.epochs", "x\ny"),
         lambda d: {k: v for k, v in d.items() if k != "teacher"},
-        lambda d: _with(d, "profile.runtimes", ["tensorrt"]),
+        lambda d: _with(d, "profile.runtimes", ["tflite"]),
         lambda d: _with(d, "profile.batch_sizes", [2]),
     ],
 )

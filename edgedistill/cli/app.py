@@ -8,6 +8,7 @@ shows the traceback.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -65,7 +66,7 @@ def _execute(
     force: bool,
     debug: bool,
     target: Path | None = None,
-) -> None:
+) -> Path:
     from edgedistill.config import load_recipe
     from edgedistill.distill.ddp import init_from_environment, shutdown
     from edgedistill.pipeline.run import run_pipeline
@@ -84,6 +85,7 @@ def _execute(
         shutdown()  # every process reaches here before any leaves (DDP)
     if until == "report" and ddp.is_main:
         _print_summary(ctx.out)
+    return ctx.out
 
 
 def _print_summary(out_dir: Path) -> None:
@@ -123,7 +125,92 @@ def _stage_command(stage: str, doc: str) -> None:
         _execute(recipe, out, stage, force, debug, target)
 
     command.__doc__ = doc
-    app.command(name=stage)(command)
+    app.command(name=stage)(_profile_command if stage == "profile" else command)
+
+
+# ---- profile on a device agent too (edgedistill profile RECIPE --device URL) ---------------
+DeviceOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--device",
+        help="Device agent URL (edgedistill agent serve): after the local profile, measure the "
+        "run's ONNX models there and refresh the report. Default: the target's device.url.",
+    ),
+]
+TokenFileOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--token-file",
+        help="File holding the agent's token (default: $EDGEDISTILL_AGENT_TOKEN, or the "
+        "variable the target's device.token_env names).",
+    ),
+]
+
+
+def _profile_command(
+    recipe: RecipeArg,
+    out: OutOpt = None,
+    target: TargetOpt = None,
+    device: DeviceOpt = None,
+    token_file: TokenFileOpt = None,
+    force: ForceOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """…then measure latency on every runtime and batch size (and on a device agent)."""
+    run_dir = _execute(recipe, out, "profile", force, debug, target)
+    with _user_errors(debug):
+        _profile_on_device(recipe, run_dir, target, device, token_file)
+
+
+def _profile_on_device(
+    recipe_path: Path, run_dir: Path, target: Path | None, url: str | None, token_file: Path | None
+) -> None:
+    """Measure the run's models on the agent at ``url`` (or the target's), then re-render the
+    report with that device's table and plot."""
+    from edgedistill.agent.client import read_token
+    from edgedistill.config import load_recipe, load_target
+    from edgedistill.pipeline.device import profile_run_on_device
+    from edgedistill.pipeline.stages.report import refresh_report
+    from edgedistill.runtime.registry import RUNTIMES
+
+    target_device = load_target(target).device if target is not None else None
+    url = url or (target_device.url if target_device is not None else None)
+    if url is None:
+        return
+    # --token-file, else the target's token_env, else $EDGEDISTILL_AGENT_TOKEN (read_token).
+    token_env = target_device.token_env if target_device is not None else ""
+    env_token = os.environ.get(token_env, "").strip() if token_env else ""
+    token = env_token if token_file is None and env_token else read_token(token_file)
+    recipe = load_recipe(recipe_path, target=target)
+    cfg = recipe.profile
+    # The agent measures ONNX files: runtimes that take a torch module stay local. INT8 is the
+    # quantize stage's QDQ models; keep only precisions one of the runtimes offers.
+    runtimes = [r for r in cfg.runtimes if RUNTIMES[r].takes == "onnx"] or ["onnxruntime"]
+    offered = {p for r in runtimes for p in RUNTIMES[r].precisions}
+    precisions = [p for p in (*cfg.precisions, "int8") if p in offered]
+    console.print(f"[bold]edgedistill[/] profile on device [cyan]{url}[/]")
+    results = profile_run_on_device(
+        run_dir,
+        url,
+        token,
+        runtimes=runtimes,
+        precisions=precisions,
+        batch_sizes=cfg.batch_sizes,
+        threads=(cfg.threads,),
+        warmup=cfg.warmup,
+        runs=cfg.runs,
+        store=cfg.store,  # None: <run>/results.sqlite, where the report reads it
+    )
+    console.print(
+        f"[green]✓[/] {results.device_name}: {len(results.measurements)} measurements"
+        + (f", {len(results.errors)} failed" if results.errors else "")
+    )
+    for failed in results.errors:
+        console.print(
+            f"  [yellow]{escape(str(failed.get('item')))}[/]: {escape(str(failed.get('error')))}"
+        )
+    refresh_report(run_dir, recipe=recipe, console=console)
+    console.print(f"report: {run_dir / 'report' / 'report.html'}")
 
 
 for _stage, _doc in (
@@ -165,6 +252,12 @@ def validate(recipe: RecipeArg, target: TargetOpt = None, debug: DebugOpt = Fals
 
 # Kept for the cross-modal recipe's old command line: the same command as ``run``.
 app.command(name="crossmodal", help="Alias of run.")(run)
+
+# The device agent (edgedistill agent serve) and its client (edgedistill device ...).
+from edgedistill.cli.agent import agent_app, device_app  # noqa: E402
+
+app.add_typer(agent_app, name="agent")
+app.add_typer(device_app, name="device")
 
 
 def main() -> None:

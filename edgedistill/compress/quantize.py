@@ -52,6 +52,7 @@ def quantize_onnx_static(
     reduce_range: bool = False,
     op_types: Sequence[str] | None = None,
     keep_float_until: str | None = None,
+    activations: str = "uint8",
 ) -> list[str]:
     """Write an INT8 QDQ copy of ``fp32_path`` to ``int8_path`` (atomically).
 
@@ -83,6 +84,9 @@ def quantize_onnx_static(
             step and the log of them is noise (speech-keywords DS-CNN, 576 held-out clips, the
             recipe's settings: INT8 agrees with FP32 on 20.5% with every node quantized, on
             98.4% with the front end in float; ``benchmarks/kws_frontend.py``).
+        activations: ``"uint8"`` (asymmetric, ONNX Runtime's CPU default) or
+            ``"int8-symmetric"`` (int8 with zero point 0: what TensorRT builds INT8 engines
+            from; weights are symmetric int8 either way).
 
     Returns:
         The names of the nodes kept in float because of ``keep_float_until`` (empty if none).
@@ -101,6 +105,9 @@ def quantize_onnx_static(
 
     if len(calibration) == 0:
         raise ValueError("calibration needs at least one sample")
+    if activations not in ("uint8", "int8-symmetric"):
+        raise ValueError(f"activations must be uint8 or int8-symmetric, not {activations!r}")
+    symmetric = activations == "int8-symmetric"
     methods = {
         "minmax": CalibrationMethod.MinMax,
         "entropy": CalibrationMethod.Entropy,
@@ -122,13 +129,14 @@ def quantize_onnx_static(
                 str(dest),
                 _ArrayReader(input_name, calibration),
                 quant_format=QuantFormat.QDQ,
-                activation_type=QuantType.QUInt8,
+                activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8,
                 weight_type=QuantType.QInt8,
                 per_channel=per_channel,
                 reduce_range=reduce_range,
                 calibrate_method=methods[method],
                 op_types_to_quantize=list(op_types) if op_types else None,
                 nodes_to_exclude=kept_float,
+                extra_options={"ActivationSymmetric": True} if symmetric else None,
             )
 
         atomic_save(int8_path, write)

@@ -27,6 +27,8 @@ class Runner(ABC):
     """
 
     runtime: str = "base"
+    #: What :meth:`timed_infer`'s number measures, recorded as ``timing`` next to the latency.
+    device_clock: str = "cuda-events"
 
     def __init__(self, name: str, threads: int = 1) -> None:
         self.name = name
@@ -46,6 +48,24 @@ class Runner(ABC):
 
     def infer(self, x: np.ndarray) -> np.ndarray:
         """Run one batch [B, ...] (float32, or int64 token ids) -> outputs [B, K] float32."""
+        return self._infer(self.check_input(x))
+
+    def timed_infer(self, x: np.ndarray) -> tuple[np.ndarray, float | None]:
+        """:meth:`infer` plus the device-side time of the call in ms, where the runtime has one.
+
+        A GPU runner records CUDA events around its kernel launches (after the host-to-device
+        copy, before the copy back) and returns that time; :func:`~edgedistill.bench.latency.
+        measure_latency` then reports it instead of wall time. ``None`` (the default, every CPU
+        runner) means "no device clock: use the wall time of the call".
+        """
+        return self.infer(x), None
+
+    def check_input(self, x: np.ndarray) -> np.ndarray:
+        """Load if needed, check dtype and shape of ``x``, and return it C-contiguous.
+
+        Raises:
+            StageError: dtype or shape not what the model takes.
+        """
         if not self._loaded:
             self.load()
         x = np.asarray(x)
@@ -65,7 +85,7 @@ class Runner(ABC):
                 raise StageError(
                     f"{self.name} ({self.runtime}): input shape {list(x.shape)}, expected {shown}"
                 )
-        return self._infer(np.ascontiguousarray(x))
+        return np.ascontiguousarray(x)
 
     @abstractmethod
     def _load(self) -> None: ...

@@ -104,6 +104,7 @@ def stage_quantize(ctx: RunContext) -> dict[str, Any]:
                     reduce_range=cfg.reduce_range,
                     op_types=cfg.op_types,
                     keep_float_until=keep_float_until,
+                    activations=cfg.activations,
                 )
                 outputs.append(target.name)
                 advance(1, source)

@@ -1,15 +1,48 @@
-"""The ``report`` stage: summary.json (one row per model), Markdown, HTML and a plot."""
+"""The ``report`` stage: summary.json (one row per model), Markdown, HTML and a plot; a table
+and a Pareto plot per device from the run's results store; and :func:`refresh_report`, which
+re-runs only this stage of a finished run when a device agent's rows arrive."""
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 from pathlib import Path
 from typing import Any
 
-from edgedistill.artifacts import atomic_copy, atomic_write_json, atomic_write_text, read_json
+import torch
+from rich.console import Console
+
+from edgedistill.agent.store import Measurement, ResultsStore
+from edgedistill.artifacts import (
+    atomic_copy,
+    atomic_write_json,
+    atomic_write_text,
+    read_json,
+    sha256_file,
+    sha256_json,
+)
+from edgedistill.config import Recipe
+from edgedistill.errors import StageError
 from edgedistill.metrics import count_macs, count_params
-from edgedistill.pipeline.context import RunContext, StageOutcome
-from edgedistill.pipeline.stages.export import deployed_models, input_dtype, torch_models
+from edgedistill.pipeline.context import MANIFEST, RunContext, StageOutcome
+from edgedistill.pipeline.stages.export import (
+    DeployedModel,
+    deployed_models,
+    input_dtype,
+    torch_models,
+)
+from edgedistill.report.devices import (
+    device_sections,
+    local_measurements,
+    render_devices_html,
+    render_devices_markdown,
+)
+from edgedistill.report.pareto import render_device_plots
 from edgedistill.report.render import render_html, render_markdown, render_plot
+
+UPSTREAM = ("pretrain", "distill", "prune", "export", "quantize", "verify", "profile", "bundle")
+RESULTS_STORE = "results.sqlite"
+RECIPE_FILE = "recipe.json"  # the validated recipe, so a finished run can be re-entered
 
 
 def latency_b1(ctx: RunContext) -> dict[str, dict[str, dict[str, float]]]:
@@ -130,38 +163,220 @@ def _pretrain_summary(ctx: RunContext) -> dict[str, Any]:
     return {"pretrain": {k: metrics[k] for k in keep if k in metrics}}
 
 
+# ---- the results store: written by the profile stage, read here --------------------------
+def store_path(ctx: RunContext) -> Path:
+    """The run's results store: ``profile.store`` when set, else ``<run>/results.sqlite``."""
+    return ctx.recipe.profile.store or ctx.out / RESULTS_STORE
+
+
+def model_sha256s(ctx: RunContext, models: list[DeployedModel]) -> dict[str, str]:
+    """The sha256 that identifies each model in the results store, by model name.
+
+    A model with an ONNX file is identified by that file's sha256 for every runtime, torch
+    included (the torch row measures the same weights): an agent that measures the file on
+    another device then reports the same id. A model without one (a torch-only teacher) is
+    identified by the teacher's weights hash, any other by a hash of its state dict.
+    """
+    known: dict[str, str] = {}
+    for stage in ("export", "quantize"):
+        for name, digest in ctx.manifests.get(stage, {}).get("outputs", {}).items():
+            known[str(ctx.stage_dir(stage) / name)] = digest
+    shas = {}
+    for model in models:
+        if model.onnx is not None:
+            shas[model.name] = known.get(str(model.onnx)) or sha256_file(model.onnx)
+        elif model.name == "teacher" and ctx.has_teacher:
+            shas[model.name] = ctx.teacher.weights_sha256
+        elif (module := model.torch_model(ctx)) is not None:
+            shas[model.name] = _state_sha256(module)
+    return shas
+
+
+def _state_sha256(module: torch.nn.Module) -> str:
+    """sha256 over a module's state dict: every tensor's name, dtype, shape and bytes."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        t = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()
+
+
+def record_measurements(
+    ctx: RunContext, models: list[DeployedModel], latency: dict[str, Any]
+) -> int:
+    """Append the profile stage's measurements to the results store (run_id: the run folder's
+    name, source "local") and keep the recipe next to them; returns the number of rows added.
+
+    Called from the profile stage's body, so a skipped profile appends nothing.
+    """
+    atomic_write_json(ctx.out / RECIPE_FILE, ctx.recipe.model_dump(mode="json"))
+    rows = local_measurements(
+        latency["entries"],
+        model_sha256=model_sha256s(ctx, models),
+        environment=latency["environment"],
+        run_id=ctx.out.name,
+        threads=int(latency["threads"]),
+    )
+    return ResultsStore(store_path(ctx)).add(rows)
+
+
+def store_rows(ctx: RunContext) -> list[Measurement]:
+    """The newest store rows recorded for this run (run_id: the run folder's name), any device.
+
+    Read without creating the store: a run that was never profiled has none.
+    """
+    path = store_path(ctx)
+    if not path.is_file():
+        return []
+    return ResultsStore(path).latest(run_id=ctx.out.name)
+
+
+def _devices(
+    ctx: RunContext, summary: dict[str, Any], rows: list[Measurement]
+) -> list[dict[str, Any]]:
+    """``summary.json["devices"]``: rows of this run's model files (matched by sha256; a row
+    of an earlier export with the same run folder is left out), named as in this run."""
+    names: dict[str, str] = {}
+    for name, sha in model_sha256s(ctx, deployed_models(ctx)).items():
+        names.setdefault(sha, name)
+    ours = [
+        dataclasses.replace(m, model_name=names[m.model_sha256])
+        for m in rows
+        if m.model_sha256 in names
+    ]
+    return device_sections(summary["models"], ours)
+
+
 def stage_report(ctx: RunContext) -> dict[str, Any]:
-    """summary.json at the run root, report.md + report.html + accuracy-vs-latency PNG."""
+    """summary.json at the run root, report.md + report.html + accuracy-vs-latency PNG, and a
+    table and a Pareto plot per device that measured the run's models (the results store)."""
     upstream = [
         s
         for s in ("pretrain", "distill", "prune", "verify", "profile", "bundle")
         if s in ctx.manifests
     ]
-    inputs = ctx.output_hashes(*upstream)
+    inputs: dict[str, Any] = ctx.output_hashes(*upstream)
+    # Rows a device agent adds after the run change this digest, so the report re-runs then.
+    rows = store_rows(ctx)
+    inputs["store"] = sha256_json([m.to_dict() for m in rows]) if rows else None
 
     def body(stage_dir: Path, fingerprint: str) -> StageOutcome:
         summary = build_summary(ctx)
+        summary["devices"] = _devices(ctx, summary, rows)
         atomic_write_json(stage_dir / "summary.json", summary)
         render_plot(summary, stage_dir / "accuracy_vs_latency.png")
+        plots = render_device_plots(
+            summary["devices"],
+            stage_dir,
+            metric_header=summary.get("metric_header", "top-1 %"),
+            title=summary["recipe"],
+        )
         training: dict[str, Any] = {
             s: ctx.manifests[s]["metrics"]
             for s in ("pretrain", "distill", "prune")
             if s in ctx.manifests and ctx.manifests[s]["metrics"].get("enabled", True)
         }
-        atomic_write_text(stage_dir / "report.md", render_markdown(summary, training))
-        atomic_write_text(
-            stage_dir / "report.html", render_html(summary, training, "accuracy_vs_latency.png")
-        )
+        header = summary.get("metric_header", "top-1 %")
+        markdown = render_markdown(summary, training)
+        markdown += "\n" + render_devices_markdown(summary["devices"], header)
+        atomic_write_text(stage_dir / "report.md", markdown)
+        page = render_html(summary, training, "accuracy_vs_latency.png")
+        page = page.replace("</body>", render_devices_html(summary["devices"], header) + "</body>")
+        atomic_write_text(stage_dir / "report.html", page)
         return StageOutcome(
-            ["summary.json", "report.md", "report.html", "accuracy_vs_latency.png"],
-            {"models": len(summary["models"])},
+            ["summary.json", "report.md", "report.html", "accuracy_vs_latency.png", *plots],
+            {"models": len(summary["models"]), "devices": len(summary["devices"])},
         )
 
     manifest = ctx.run_stage("report", inputs, body)
     # The root summary.json is a copy users gate CI on; refreshed even when the stage skipped.
     root = ctx.out / "summary.json"
     atomic_copy(ctx.stage_dir("report") / "summary.json", root)
+    atomic_write_json(ctx.out / RECIPE_FILE, ctx.recipe.model_dump(mode="json"))
     return manifest
 
 
-__all__ = ["build_summary", "latency_b1", "stage_report"]
+def refresh_report(
+    run_dir: Path, *, recipe: Recipe | None = None, console: Console | None = None
+) -> RunContext:
+    """Re-run only the report stage of a finished run, e.g. after a device's rows arrived.
+
+    The finished stages are taken from their manifests in the run folder (nothing upstream is
+    re-checked against the recipe or re-run); a manifest whose outputs changed on disk, or
+    whose recorded inputs are not its upstream stage's current outputs (a stale stage left
+    from an earlier chain), is ignored. The report re-runs when its inputs changed — in
+    particular when the results store gained rows for this run.
+
+    Args:
+        run_dir: The run folder.
+        recipe: The run's recipe; default: the ``recipe.json`` the run wrote.
+        console: Where progress goes.
+
+    Returns:
+        The context: ``executed == ["report"]`` when the report was rewritten.
+
+    Raises:
+        StageError: The folder holds no finished run (no recipe.json, export or verify).
+    """
+    run_dir = Path(run_dir).resolve()
+    if recipe is None:
+        path = run_dir / RECIPE_FILE
+        if not path.is_file():
+            raise StageError(
+                f"{run_dir} has no {RECIPE_FILE}: run the chain into it first "
+                f"(edgedistill profile RECIPE --out {run_dir})"
+            )
+        recipe = Recipe.from_dict(read_json(path), source=str(path))
+    ctx = RunContext(recipe, run_dir, console=console, version=_package_version())
+    for stage in UPSTREAM:
+        manifest_path = ctx.stage_dir(stage) / MANIFEST
+        if not manifest_path.is_file():
+            continue
+        manifest = read_json(manifest_path)
+        if _consistent(manifest, ctx.manifests) and RunContext._outputs_intact(
+            ctx.stage_dir(stage), manifest
+        ):
+            ctx.manifests[stage] = manifest
+    missing = [s for s in ("distill", "export", "verify") if s not in ctx.manifests]
+    if missing:
+        raise StageError(
+            f"{run_dir}: stage(s) {', '.join(missing)} not finished; run "
+            f"`edgedistill profile RECIPE --out {run_dir}` first"
+        )
+    stage_report(ctx)
+    return ctx
+
+
+def _consistent(manifest: dict[str, Any], finished: dict[str, dict[str, Any]]) -> bool:
+    """Whether every upstream output a manifest recorded as input ("stage/file": sha256) is
+    what that finished stage holds now."""
+    for key, digest in manifest.get("inputs", {}).items():
+        stage, sep, name = str(key).partition("/")
+        if not sep or stage not in UPSTREAM:
+            continue
+        if finished.get(stage, {}).get("outputs", {}).get(name) != digest:
+            return False
+    return True
+
+
+def _package_version() -> str:
+    """The installed edgedistill version, as :func:`run_pipeline` puts it in fingerprints."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("edgedistill")
+    except PackageNotFoundError:  # running from a source tree without installing
+        return "0+unknown"
+
+
+__all__ = [
+    "build_summary",
+    "latency_b1",
+    "model_sha256s",
+    "record_measurements",
+    "refresh_report",
+    "stage_report",
+    "store_path",
+    "store_rows",
+]
