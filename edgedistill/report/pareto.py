@@ -207,12 +207,12 @@ def render_device_plots(
                 zorder=2,
                 label="Pareto front",
             )
-            for r in front:
-                ax.annotate(
+            for i, r in enumerate(front):
+                ax.annotate(  # alternate above/below: neighbours on a front are often close
                     f"{r['model']} ({r['runtime']}, {r['precision']})",
                     (r["p50_ms"], r["accuracy"]),
                     textcoords="offset points",
-                    xytext=(5, 5),
+                    xytext=(5, 5 if i % 2 == 0 else -12),
                     fontsize=7,
                 )
         handles = [
