@@ -30,6 +30,17 @@ _Section = Section  # the base of every section (edgedistill.schema)
 TEACHER_CARD_NEEDS = frozenset({"teacher_logits", "teacher_features"})  # terms needing a card
 _resolve = resolve_path
 
+# Sanity limits of the count fields: a value past one is a typo (an extra zero, a sample
+# count where an epoch count belongs) that would otherwise train or measure "forever".
+MAX_EPOCHS = 10_000
+MAX_BATCH = 65_536
+MAX_SAMPLES = 1_000_000
+MAX_CALIBRATION_SAMPLES = 100_000
+MAX_THREADS = 1_024
+MAX_WARMUP = 100_000
+MAX_RUNS = 1_000_000
+MAX_SEED = 2**32 - 1  # numpy's seeds are 32-bit; negative seeds are refused by numpy
+
 
 class TeacherAdaptConfig(_Section):
     """Adapt a teacher without this task's head: train a head on its frozen features, freeze.
@@ -40,12 +51,12 @@ class TeacherAdaptConfig(_Section):
     """
 
     method: Literal["linear_probe", "finetune"] = "linear_probe"
-    epochs: int = Field(default=100, ge=1)
+    epochs: int = Field(default=100, ge=1, le=MAX_EPOCHS, description="1..10,000")
     lr: float = Field(default=0.01, gt=0)
     weight_decay: float = Field(default=1e-4, ge=0)
     blocks: tuple[str, ...] = Field(default=(), description="finetune: ordered block names")
-    unfreeze_blocks: int = Field(default=1, ge=1)
-    finetune_epochs: int = Field(default=3, ge=1)
+    unfreeze_blocks: int = Field(default=1, ge=1, le=1_000, description="1..1,000")
+    finetune_epochs: int = Field(default=3, ge=1, le=MAX_EPOCHS, description="1..10,000")
     finetune_lr: float = Field(default=1e-4, gt=0)
 
 
@@ -58,17 +69,22 @@ class VideoTeacherConfig(_Section):
     """
 
     backbone: Literal["mobilenet_v2", "efficientnet_lite0"] = "mobilenet_v2"
-    image_size: int = Field(default=64, ge=32)
+    image_size: int = Field(default=64, ge=32, le=1_024, description="pixels, 32..1,024")
     layer: int | None = Field(
-        default=11, ge=1, description="mobilenet_v2: mid-level layer of the frame feature"
+        default=11,
+        ge=1,
+        le=100,
+        description="mobilenet_v2: mid-level layer of the frame feature (1..100)",
     )
-    grid: int = Field(default=4, ge=1, description="spatial grid the frame feature keeps")
+    grid: int = Field(
+        default=4, ge=1, le=64, description="spatial grid the frame feature keeps (1..64)"
+    )
     target_stats: tuple[Literal["mean", "std", "absdiff", "trend"], ...] = (
         "std",
         "absdiff",
         "trend",
     )
-    pca_dim: int | None = Field(default=128, ge=2)
+    pca_dim: int | None = Field(default=128, ge=2, le=4_096, description="2..4,096")
 
 
 class TeacherConfig(_Section):
@@ -120,8 +136,8 @@ class DistillConfig(_Section):
     options of the registered term it names (:mod:`edgedistill.distill.terms`).
     """
 
-    epochs: int = Field(default=10, ge=1)
-    batch_size: int = Field(default=128, ge=1)
+    epochs: int = Field(default=10, ge=1, le=MAX_EPOCHS, description="1..10,000")
+    batch_size: int = Field(default=128, ge=1, le=MAX_BATCH, description="1..65,536")
     lr: float = Field(default=0.05, gt=0)
     momentum: float = Field(default=0.9, ge=0, lt=1)
     weight_decay: float = Field(default=5e-4, ge=0)
@@ -129,11 +145,14 @@ class DistillConfig(_Section):
         parse_term({"name": "ce", "weight": 0.1}),
         parse_term({"name": "kd", "weight": 0.9, "temperature": 4.0}),
     )
-    teacher_batch_size: int = Field(default=500, ge=1)
+    teacher_batch_size: int = Field(default=500, ge=1, le=MAX_BATCH, description="1..65,536")
     schedule: Literal["onecycle", "cosine", "constant"] = "onecycle"
     grad_clip: float | None = Field(default=None, gt=0, description="max global gradient norm")
     early_stopping_patience: int | None = Field(
-        default=None, ge=1, description="epochs without improvement on a validation split"
+        default=None,
+        ge=1,
+        le=MAX_EPOCHS,
+        description="epochs without improvement on a validation split (1..10,000)",
     )
     validation_fraction: float = Field(
         default=0.1, gt=0, lt=1, description="held out of training data for early stopping"
@@ -155,17 +174,28 @@ class PruneConfig(_Section):
 
     enabled: bool = True
     target_macs_ratio: float = Field(default=0.7, gt=0, lt=1)
-    round_to: int = Field(default=8, ge=1)
+    round_to: int = Field(default=8, ge=1, le=1_024, description="channels, 1..1,024")
     importance: Literal["l1", "l2"] = "l2"
-    finetune_epochs: int = Field(default=4, ge=0)
+    finetune_epochs: int = Field(default=4, ge=0, le=MAX_EPOCHS, description="0..10,000")
     finetune_lr: float = Field(default=0.02, gt=0)
 
 
 class QuantizeConfig(_Section):
-    """Post-training static INT8 of the ONNX models (ONNX Runtime QDQ)."""
+    """INT8 QDQ ONNX of every student: ONNX Runtime static PTQ (default) or NNCF.
+
+    ``backend: nncf`` quantizes with NNCF (the ``[nncf]`` extra); ``accuracy_control`` then
+    keeps the layers that cost most in float until the task-metric drop on a validation
+    subset of the *training* data (never the test split) is within
+    ``gates.int8_max_accuracy_drop``. ``qat: when_ptq_misses_gate`` measures that drop after
+    PTQ (either backend) and, when it exceeds the gate, runs quantization-aware training with
+    the teacher's soft labels (KD) instead and writes that model. ``sensitivity`` writes the
+    per-layer table ``quantize/sensitivity.json`` (auto: with the nncf backend or qat).
+    """
 
     enabled: bool = True
-    calibration_samples: int = Field(default=512, ge=8)
+    calibration_samples: int = Field(
+        default=512, ge=8, le=MAX_CALIBRATION_SAMPLES, description="8..100,000"
+    )
     per_channel: bool = True
     calibration_method: Literal["minmax", "entropy", "percentile"] = "minmax"
     reduce_range: bool = Field(
@@ -191,6 +221,42 @@ class QuantizeConfig(_Section):
         description="activation format of the QDQ model: uint8 (asymmetric, ONNX Runtime's "
         "CPU default) or int8-symmetric (zero point 0, which TensorRT INT8 engines need)",
     )
+    backend: Literal["onnxruntime", "nncf"] = Field(
+        default="onnxruntime", description="quantizer: ONNX Runtime static PTQ, or NNCF"
+    )
+    accuracy_control: bool = Field(
+        default=False,
+        description="nncf only: keep the most harmful layers float until the validation drop "
+        "is within gates.int8_max_accuracy_drop",
+    )
+    qat: Literal["never", "when_ptq_misses_gate"] = Field(
+        default="never",
+        description="when_ptq_misses_gate: QAT + KD (NNCF) when PTQ's validation drop exceeds "
+        "gates.int8_max_accuracy_drop",
+    )
+    qat_epochs: int = Field(default=3, ge=1)
+    qat_lr: float = Field(
+        default=1e-4, gt=0, description="Adam learning rate of QAT (weights and quantizer ranges)"
+    )
+    validation_samples: int = Field(
+        default=1000,
+        ge=10,
+        description="training samples (not calibration) the drop is measured on",
+    )
+    sensitivity: Literal["auto", "yes", "no"] = Field(
+        default="auto", description="per-layer table quantize/sensitivity.json (auto: nncf or qat)"
+    )
+
+    @model_validator(mode="after")
+    def _nncf_options(self) -> QuantizeConfig:
+        if self.accuracy_control and self.backend != "nncf":
+            raise ValueError("accuracy_control: true needs backend: nncf")
+        if self.backend == "nncf" and self.activations == "int8-symmetric":
+            raise ValueError(
+                "activations: int8-symmetric is an onnxruntime option; with backend: nncf "
+                "use the default (NNCF's mixed preset) or backend: onnxruntime"
+            )
+        return self
 
 
 class ExportConfig(_Section):
@@ -217,10 +283,10 @@ class ProfileConfig(_Section):
 
     runtimes: tuple[str, ...] = ("torch", "onnxruntime", "openvino")
     precisions: tuple[Literal["fp32", "fp16", "bf16"], ...] = ("fp32",)
-    threads: int = Field(default=2, ge=1)
+    threads: int = Field(default=2, ge=1, le=MAX_THREADS, description="1..1,024")
     batch_sizes: tuple[int, ...] = (1, 8, 32)
-    warmup: int = Field(default=20, ge=0)
-    runs: int = Field(default=200, ge=100)
+    warmup: int = Field(default=20, ge=0, le=MAX_WARMUP, description="0..100,000")
+    runs: int = Field(default=200, ge=100, le=MAX_RUNS, description="timed runs, 100..1,000,000")
 
     @field_validator("runtimes")
     @classmethod
@@ -243,6 +309,8 @@ class ProfileConfig(_Section):
     def _batch_one_first(cls, sizes: tuple[int, ...]) -> tuple[int, ...]:
         if not sizes or any(b < 1 for b in sizes):
             raise ValueError(f"batch sizes must be positive, got {list(sizes)}")
+        if any(b > MAX_BATCH for b in sizes):
+            raise ValueError(f"batch sizes must be at most {MAX_BATCH:,}, got {list(sizes)}")
         if 1 not in sizes:
             raise ValueError("batch size 1 must be measured")
         return tuple(sorted(set(sizes)))
@@ -286,7 +354,7 @@ class GatesConfig(_Section):
         default=99.0, ge=0, le=100, description="percent of samples, fp16/bf16"
     )
     int8_max_accuracy_drop: float = Field(default=1.0, ge=0, description="top-1 points")
-    parity_samples: int = Field(default=1000, ge=1)
+    parity_samples: int = Field(default=1000, ge=1, le=MAX_SAMPLES, description="1..1,000,000")
 
 
 class PretrainConfig(_Section):
@@ -306,8 +374,8 @@ class PretrainConfig(_Section):
             "queue_size": 4096,
         }
     )
-    epochs: int = Field(default=20, ge=1)
-    batch_size: int = Field(default=64, ge=2)
+    epochs: int = Field(default=20, ge=1, le=MAX_EPOCHS, description="1..10,000")
+    batch_size: int = Field(default=64, ge=2, le=MAX_BATCH, description="2..65,536")
     lr: float = Field(default=0.05, gt=0)
 
     @field_validator("term")
@@ -322,8 +390,10 @@ class Recipe(_Section):
     """A whole recipe. Build it with :func:`load_recipe` or :meth:`Recipe.from_dict`."""
 
     name: str = Field(default="recipe", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-    seed: int = 0
-    threads: int | None = Field(default=None, ge=1, description="torch threads for training")
+    seed: int = Field(default=0, ge=0, le=MAX_SEED, description="0..4,294,967,295")
+    threads: int | None = Field(
+        default=None, ge=1, le=MAX_THREADS, description="torch threads for training (1..1,024)"
+    )
     data: SerializeAsAny[SourceConfig]
     teacher: TeacherConfig | None = None
     student: StudentConfig = StudentConfig()

@@ -59,11 +59,31 @@ def validate_section(
 
 
 def read_yaml(path: Path, what: str) -> Any:
-    """Parse a YAML file; a missing file or bad YAML is a one-line :class:`RecipeError`."""
-    if not path.is_file():
-        raise RecipeError(f"{what} file '{path}' does not exist")
+    """Parse a YAML file (UTF-8).
+
+    Raises:
+        RecipeError: one line naming the file when it is missing, a folder, unreadable, not
+            UTF-8 text (with the offset of the first bad byte) or not valid YAML.
+    """
     try:
-        return yaml.safe_load(path.read_text())
+        if path.is_dir():
+            raise RecipeError(f"{what} file '{path}' is a folder, not a file: name the YAML file")
+        if not path.is_file():
+            raise RecipeError(f"{what} file '{path}' does not exist")
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        bad = exc.object[exc.start : exc.start + 1].hex()
+        line = exc.object[: exc.start].count(b"\n") + 1
+        raise RecipeError(
+            f"{what} file '{path}' is not UTF-8 text (byte 0x{bad} on line {line}, offset "
+            f"{exc.start}): save it as UTF-8"
+        ) from None
+    except OSError as exc:
+        raise RecipeError(
+            f"{what} file '{path}' cannot be read ({exc.strerror or exc}): check its permissions"
+        ) from None
+    try:
+        return yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
@@ -142,6 +162,9 @@ def describe_validation_error(
         if len(shown) > 80:
             shown = shown[:77] + "..."
         reason = str(first["msg"]).removeprefix("Value error, ")
+        limit = (first.get("ctx") or {}).get("le")
+        if kind == "less_than_equal" and isinstance(limit, int | float):
+            reason = f"must be at most {limit:,} (a sanity limit of this field)"
         message = f"{field} = {shown}: {reason}"
     if len(errors) > 1:
         message += f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})"

@@ -95,18 +95,23 @@ def _linear(n_in: int, seed: int) -> nn.Module:
     return nn.Sequential(nn.Flatten(), nn.Linear(n_in, len(LABELS)))
 
 
-@pytest.fixture(scope="module")
-def image(tmp_path_factory: pytest.TempPathFactory) -> Case:
+def image_case(folder: Path) -> Case:
+    """A 12x12 grayscale bundle in ``folder`` (4 bundled samples)."""
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, (24, 1, 12, 12)).astype(np.uint8)
-    return _case(tmp_path_factory.mktemp("image"), image_input(x), _linear(144, 0), x[:4])
+    return _case(folder, image_input(x), _linear(144, 0), x[:4])
 
 
-@pytest.fixture(scope="module")
-def imu(tmp_path_factory: pytest.TempPathFactory) -> Case:
+def imu_windows() -> np.ndarray:
+    """[30, 6, 20] raw windows: ax, ay, az in m/s^2, gx, gy, gz in deg/s (3 bundled)."""
     rng = np.random.default_rng(1)
     scale = np.array([9.8, 2.0, 0.5, 30.0, 100.0, 1.0], dtype=np.float32)[None, :, None]
-    x = (rng.normal(size=(30, 6, 20)) * scale + 3.0).astype(np.float32)
+    return (rng.normal(size=(30, 6, 20)) * scale + 3.0).astype(np.float32)
+
+
+def imu_case(folder: Path) -> Case:
+    """A 6-channel, 0.4 s at 50 Hz IMU bundle in ``folder`` (1 bundled window)."""
+    x = imu_windows()
     spec = imu_input(
         x,
         channels=["ax", "ay", "az", "gx", "gy", "gz"],
@@ -115,15 +120,25 @@ def imu(tmp_path_factory: pytest.TempPathFactory) -> Case:
         window_s=0.4,
         stride_s=0.2,
     )
-    return _case(tmp_path_factory.mktemp("imu"), spec, _linear(120, 1), x[:3])
+    return _case(folder, spec, _linear(120, 1), x[:3])
+
+
+@pytest.fixture(scope="module")
+def image(tmp_path_factory: pytest.TempPathFactory) -> Case:
+    return image_case(tmp_path_factory.mktemp("image"))
+
+
+@pytest.fixture(scope="module")
+def imu(tmp_path_factory: pytest.TempPathFactory) -> Case:
+    return imu_case(tmp_path_factory.mktemp("imu"))
 
 
 def _tone(freq: float, rate: int, n: int, amplitude: float = 0.5) -> np.ndarray:
     return amplitude * np.sin(2 * np.pi * freq * np.arange(n) / rate)
 
 
-@pytest.fixture(scope="module")
-def audio(tmp_path_factory: pytest.TempPathFactory) -> Case:
+def audio_case(folder: Path) -> Case:
+    """A 0.05 s at 16 kHz audio bundle in ``folder``: class k is a tone at TONES[k]."""
     model = nn.Linear(CLIP, len(LABELS))  # class k scores the waveform against TONES[k]
     with torch.no_grad():
         model.weight.copy_(torch.tensor(np.stack([_tone(f, RATE, CLIP, 1.0) for f in TONES])))
@@ -131,8 +146,12 @@ def audio(tmp_path_factory: pytest.TempPathFactory) -> Case:
     rng = np.random.default_rng(2)
     clips = [_tone(TONES[k % 3], RATE, CLIP) + rng.normal(0, 0.05, CLIP) for k in range(3)]
     pcm = np.clip(np.round(np.stack(clips) * 32768), -32768, 32767) / 32768  # PCM16-exact
-    spec = audio_input(CLIP, RATE)
-    return _case(tmp_path_factory.mktemp("audio"), spec, model, pcm.astype(np.float32))
+    return _case(folder, audio_input(CLIP, RATE), model, pcm.astype(np.float32))
+
+
+@pytest.fixture(scope="module")
+def audio(tmp_path_factory: pytest.TempPathFactory) -> Case:
+    return audio_case(tmp_path_factory.mktemp("audio"))
 
 
 class _BagOfBytes(nn.Module):
@@ -150,11 +169,15 @@ TEXTS = ["Hello World", "Ünïcode ok", "a text much longer than sixteen bytes",
 TOKENIZER = ByteTokenizer(16, lowercase=True)
 
 
+def text_case(folder: Path) -> Case:
+    """A 16-byte text bundle in ``folder`` (the 4 TEXTS bundled)."""
+    spec = text_input(16, TOKENIZER.spec())
+    return _case(folder, spec, _BagOfBytes(), TOKENIZER.encode_batch(TEXTS))
+
+
 @pytest.fixture(scope="module")
 def text(tmp_path_factory: pytest.TempPathFactory) -> Case:
-    spec = text_input(16, TOKENIZER.spec())
-    ids = TOKENIZER.encode_batch(TEXTS)
-    return _case(tmp_path_factory.mktemp("text"), spec, _BagOfBytes(), ids)
+    return text_case(tmp_path_factory.mktemp("text"))
 
 
 # ---- helpers -------------------------------------------------------------------------------
@@ -346,8 +369,8 @@ def test_8_bit_wav_is_refused_in_one_line(audio: Case, tmp_path: Path) -> None:
     result = _run(audio.bundle, str(wav))
     assert result.returncode != 0
     assert result.stderr.strip().splitlines() == [
-        "error: coarse.wav: 8-bit audio with 1 channel(s); convert it, e.g. ffmpeg -i IN -ac 1 "
-        f"-ar {RATE} -c:a pcm_s16le OUT.wav"
+        f"error: coarse.wav: 8-bit audio, 1 channel(s) at {RATE} Hz; convert it, e.g. ffmpeg -i "
+        f"IN -ac 1 -ar {RATE} -c:a pcm_s16le OUT.wav"
     ]
 
 

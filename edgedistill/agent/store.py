@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import sqlite3
 from collections.abc import Iterable, Iterator
 from contextlib import closing, contextmanager
@@ -209,6 +210,14 @@ class ResultsStore:
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
+        # A store this process may not write (a finished run folder made read-only) is opened
+        # read-only and immutable: SQLite cannot even read a WAL database without writing its
+        # -shm file, and nothing else may be writing it either.
+        self.read_only = self.path.is_file() and not (
+            os.access(self.path, os.W_OK) and os.access(self.path.parent, os.W_OK | os.X_OK)
+        )
+        if self.read_only:
+            return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self._connect() as conn:
             try:
@@ -237,7 +246,11 @@ class ResultsStore:
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
         try:
-            conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
+            if self.read_only:
+                uri = f"{self.path.resolve().as_uri()}?immutable=1"
+                conn = sqlite3.connect(uri, uri=True, isolation_level=None)
+            else:
+                conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
         except sqlite3.Error as exc:
             raise self._error(exc) from None
         with closing(conn):
@@ -261,6 +274,8 @@ class ResultsStore:
             values.append(tuple(record[c] for c in _COLUMNS))
         if not values:
             return 0
+        if self.read_only:
+            raise DataError(f"results store {self.path} is read-only: make it writable")
         sql = (
             f"INSERT INTO measurements ({', '.join(_COLUMNS)}) "
             f"VALUES ({', '.join('?' for _ in _COLUMNS)})"

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -21,6 +21,9 @@ from rich.markup import escape
 from rich.table import Table
 
 from edgedistill.errors import EdgeDistillError
+
+if TYPE_CHECKING:
+    from edgedistill.config import Recipe
 
 app = typer.Typer(
     add_completion=False,
@@ -36,6 +39,14 @@ OutOpt = Annotated[
 ]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Re-run stages even if unchanged.")]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks.")]
+UnverifiedOpt = Annotated[
+    bool,
+    typer.Option(
+        "--allow-unverified-teacher",
+        help="Research use: accept a teacher card without sha256 (warns; summary.json records "
+        "teacher_verified: false). A hash that does not match is refused regardless.",
+    ),
+]
 TargetOpt = Annotated[
     Path | None,
     typer.Option(
@@ -57,6 +68,15 @@ def _user_errors(debug: bool) -> Iterator[None]:
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/]: run the same command again to resume")
         raise typer.Exit(130) from None
+    except OSError as exc:
+        # The file system said no (permissions, a full disk, a vanished file) somewhere no
+        # check of ours anticipated: still one line naming the file.
+        if debug:
+            raise
+        where = f"{exc.filename}: " if exc.filename else ""
+        message = f"{where}{exc.strerror or exc}"
+        console.print("[red]error:[/]", escape(message), highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
 
 
 def _execute(
@@ -66,9 +86,11 @@ def _execute(
     force: bool,
     debug: bool,
     target: Path | None = None,
+    allow_unverified_teacher: bool = False,
 ) -> Path:
     from edgedistill.config import load_recipe
     from edgedistill.distill.ddp import init_from_environment, shutdown
+    from edgedistill.pipeline.context import prepare_run_folder
     from edgedistill.pipeline.run import run_pipeline
 
     # Under torchrun (WORLD_SIZE > 1) join the process group; only rank 0 prints.
@@ -78,10 +100,18 @@ def _execute(
     with _user_errors(debug):
         recipe = load_recipe(recipe_path, target=target)
         out_dir = out or Path("runs") / recipe.name
+        prepare_run_folder(out_dir)  # a bad --out is one line before anything else is printed
         console.print(
             f"[bold]edgedistill[/] {until}: recipe [cyan]{recipe_path}[/] → [cyan]{out_dir}[/]"
         )
-        ctx = run_pipeline(recipe, out_dir, until=until, console=console, force=force)
+        ctx = run_pipeline(
+            recipe,
+            out_dir,
+            until=until,
+            console=console,
+            force=force,
+            allow_unverified_teacher=allow_unverified_teacher,
+        )
         shutdown()  # every process reaches here before any leaves (DDP)
     if until == "report" and ddp.is_main:
         _print_summary(ctx.out)
@@ -109,8 +139,9 @@ def _print_summary(out_dir: Path) -> None:
     rec = summary.get("recommended") or {}
     if rec:
         out.print(f"ship {rec['file']} ({rec['model']}): {rec['reason']}")
-    out.print(f"bundle:  {summary['bundle']}")
-    out.print(f"report:  {summary['report']}")
+    # This folder's paths, not the ones recorded when the run was made (it may have moved).
+    out.print(f"bundle:  {out_dir.resolve() / 'bundle' / 'app'}")
+    out.print(f"report:  {out_dir.resolve() / 'report' / 'report.html'}")
     out.print(f"summary: {out_dir / 'summary.json'}")
 
 
@@ -121,8 +152,9 @@ def _stage_command(stage: str, doc: str) -> None:
         target: TargetOpt = None,
         force: ForceOpt = False,
         debug: DebugOpt = False,
+        allow_unverified_teacher: UnverifiedOpt = False,
     ) -> None:
-        _execute(recipe, out, stage, force, debug, target)
+        _execute(recipe, out, stage, force, debug, target, allow_unverified_teacher)
 
     command.__doc__ = doc
     app.command(name=stage)(_profile_command if stage == "profile" else command)
@@ -155,15 +187,21 @@ def _profile_command(
     token_file: TokenFileOpt = None,
     force: ForceOpt = False,
     debug: DebugOpt = False,
+    allow_unverified_teacher: UnverifiedOpt = False,
 ) -> None:
     """…then measure latency on every runtime and batch size (and on a device agent)."""
-    run_dir = _execute(recipe, out, "profile", force, debug, target)
+    run_dir = _execute(recipe, out, "profile", force, debug, target, allow_unverified_teacher)
     with _user_errors(debug):
-        _profile_on_device(recipe, run_dir, target, device, token_file)
+        _profile_on_device(recipe, run_dir, target, device, token_file, allow_unverified_teacher)
 
 
 def _profile_on_device(
-    recipe_path: Path, run_dir: Path, target: Path | None, url: str | None, token_file: Path | None
+    recipe_path: Path,
+    run_dir: Path,
+    target: Path | None,
+    url: str | None,
+    token_file: Path | None,
+    allow_unverified_teacher: bool = False,
 ) -> None:
     """Measure the run's models on the agent at ``url`` (or the target's), then re-render the
     report with that device's table and plot."""
@@ -209,7 +247,12 @@ def _profile_on_device(
         console.print(
             f"  [yellow]{escape(str(failed.get('item')))}[/]: {escape(str(failed.get('error')))}"
         )
-    refresh_report(run_dir, recipe=recipe, console=console)
+    refresh_report(
+        run_dir,
+        recipe=recipe,
+        console=console,
+        allow_unverified_teacher=allow_unverified_teacher,
+    )
     console.print(f"report: {run_dir / 'report' / 'report.html'}")
 
 
@@ -234,20 +277,96 @@ def run(
     target: TargetOpt = None,
     force: ForceOpt = False,
     debug: DebugOpt = False,
+    allow_unverified_teacher: UnverifiedOpt = False,
 ) -> None:
     """Run the whole chain: pretrain → distill → prune → export → quantize → verify → profile →
     bundle → report."""
-    _execute(recipe, out, "report", force, debug, target)
+    _execute(recipe, out, "report", force, debug, target, allow_unverified_teacher)
 
 
 @app.command()
-def validate(recipe: RecipeArg, target: TargetOpt = None, debug: DebugOpt = False) -> None:
-    """Validate a recipe (and target profile) without running anything."""
+def validate(
+    recipe: RecipeArg,
+    target: TargetOpt = None,
+    debug: DebugOpt = False,
+    allow_unverified_teacher: UnverifiedOpt = False,
+) -> None:
+    """Check a recipe (and target profile) as a run would before training, without training.
+
+    Loads the data, builds the student and the teacher (hash checked) and runs each on two
+    samples, then estimates how long training takes on this machine.
+    """
     from edgedistill.config import load_recipe
 
     with _user_errors(debug):
         parsed = load_recipe(recipe, target=target)
-    console.print(f"[green]ok[/]: {escape(str(recipe))} (recipe '{escape(parsed.name)}')")
+        _check_teacher_card(parsed, allow_unverified_teacher)
+        lines = _check_run(parsed, allow_unverified_teacher)
+    console.print(
+        f"[green]ok[/]: {escape(str(recipe))} (recipe '{escape(parsed.name)}')",
+        highlight=False,
+        soft_wrap=True,
+    )
+    for line in lines:
+        console.print(f"  {escape(line)}", highlight=False, soft_wrap=True)
+
+
+def _check_run(recipe: Recipe, allow_unverified: bool) -> list[str]:
+    """What ``run`` checks before training (data, student, teacher), in a scratch folder that
+    is deleted afterwards; returns the lines ``validate`` prints, the estimate last."""
+    import io
+    import tempfile
+
+    import torch
+
+    from edgedistill.pipeline.context import RunContext
+    from edgedistill.pipeline.run import check_models, estimate_training
+
+    with tempfile.TemporaryDirectory(prefix="edgedistill-validate-") as scratch:
+        quiet = Console(file=io.StringIO())  # the teacher-card warning was printed already
+        ctx = RunContext(
+            recipe, Path(scratch), console=quiet, allow_unverified_teacher=allow_unverified
+        )
+        torch.set_num_threads(ctx.threads())
+        found = check_models(ctx)
+        estimate = estimate_training(ctx)
+    lines = [f"data: {found.task}", f"student: {found.student}"]
+    if found.teacher is not None:
+        lines.append(f"teacher: {found.teacher}")
+    lines.append(
+        f"estimate: ~{_duration(estimate.seconds)} of training on this machine "
+        f"({estimate.steps:,} steps at {estimate.seconds_per_step * 1e3:.1f} ms, timed over a "
+        "few student steps; an estimate: teacher pass, export and profiling come on top)"
+    )
+    return lines
+
+
+def _duration(seconds: float) -> str:
+    """``seconds`` in words: "40 s", "12 min", "3.5 h", "2.1 days"."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 48 * 3600:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} days"
+
+
+def _check_teacher_card(recipe: Recipe, allow_unverified: bool) -> None:
+    """Check the recipe's teacher card and hash its weights (no model is built)."""
+    from edgedistill.teachers.base import verify_teacher_card
+
+    card_path = recipe.teacher.card if recipe.teacher is not None else None
+    if card_path is None:
+        return
+    card, digest = verify_teacher_card(card_path, allow_unverified=allow_unverified)
+    if not card.verified:
+        console.print(
+            f"[yellow]warning:[/] teacher card {escape(str(card_path))} has no sha256: its "
+            f"weights {escape(str(card.weights))} (sha256 {digest}) would run unverified",
+            highlight=False,
+            soft_wrap=True,
+        )
 
 
 # Kept for the cross-modal recipe's old command line: the same command as ``run``.

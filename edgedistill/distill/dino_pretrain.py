@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edgedistill.artifacts import atomic_save
+from edgedistill.artifacts import atomic_save, resume_checkpoint, warn_stderr
 from edgedistill.distill.dino import dino_loss, dino_teacher_targets, ema_update, update_center
 from edgedistill.distill.trainer import ProgressFn, save_checkpoint
 
@@ -322,8 +322,8 @@ def pretrain_dino(
     generators = {"order_generator": order_gen, "augment_generator": augment_gen}
     key = {"settings": asdict(settings), "data_shape": list(x_train.shape)}
     result, start_epoch, state = DinoResult(), 0, None
-    if checkpoint_path is not None and checkpoint_path.is_file():
-        state = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
+    if checkpoint_path is not None:  # an unreadable one is set aside with a warning
+        state = resume_checkpoint(checkpoint_path, warn_stderr)
     if state is not None and all(state.get(k) == v for k, v in key.items()):
         for name, obj in stateful.items():
             obj.load_state_dict(state[name])

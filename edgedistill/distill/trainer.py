@@ -8,6 +8,7 @@ of epoch e depends only on the generator state saved after epoch e-1.
 
 from __future__ import annotations
 
+import copy
 import csv
 import functools
 import io
@@ -21,9 +22,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from edgedistill.artifacts import atomic_save, atomic_write_text
+from edgedistill.artifacts import (
+    atomic_save,
+    atomic_write_text,
+    discard_checkpoint,
+    resume_checkpoint,
+    warn_stderr,
+)
 from edgedistill.distill.ddp import DataParallelContext
 from edgedistill.distill.objective import LossTermSpec, Objective
+from edgedistill.faults import maybe_die
 
 SCHEDULES = ("onecycle", "cosine", "constant")
 
@@ -110,6 +118,7 @@ def train_student(
     progress: ProgressFn | None = None,
     stop_after_epoch: int | None = None,
     tensorboard_dir: Path | None = None,
+    warn: Callable[[str], None] = warn_stderr,
 ) -> TrainResult:
     """Train ``model`` in place.
 
@@ -130,6 +139,9 @@ def train_student(
         stop_after_epoch: Return early after this epoch (used by tests to simulate a crash).
         tensorboard_dir: Also write per-epoch scalars for TensorBoard here (when the
             ``tensorboard`` package is installed; silently skipped otherwise).
+        warn: Receives the one-line warning when the checkpoint is corrupt, truncated,
+            refused by ``weights_only`` or does not fit this model: it is then moved aside
+            (``checkpoint.pt.corrupt-<time>``) and training starts from scratch.
     """
     if settings.early_stopping_patience is not None and evaluate is None:
         raise ValueError("early stopping needs an evaluate function")
@@ -167,23 +179,34 @@ def train_student(
     start_epoch = 0
     best: dict[str, Any] = {"score": None, "epoch": None, "state": None, "bad_epochs": 0}
     state = None
-    if ddp.is_main and checkpoint_path is not None and checkpoint_path.is_file():
-        state = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
+    if ddp.is_main and checkpoint_path is not None:
+        state = resume_checkpoint(checkpoint_path, warn)  # unreadable: set aside, None
     state = ddp.broadcast(state)  # every process resumes from rank 0's checkpoint
     if (
         state is not None
         and state.get("fingerprint") == fingerprint
         and state.get("settings") == asdict(settings)
     ):
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        generator.set_state(state["generator"])
-        torch.set_rng_state(state["torch_rng"])
-        objective.load_state(state.get("objective", {}))
-        best = state.get("best", best)
-        start_epoch = int(state["epoch"])
-        result.history = list(state["history"])
+        assert checkpoint_path is not None
+        stateful = _Stateful(model, optimizer, scheduler, generator, objective)
+        pristine = stateful.snapshot()
+        try:
+            stateful.restore(state)
+            best = dict(state.get("best", best))
+            start_epoch = int(state["epoch"])
+            result.history = list(state["history"])
+        except (RuntimeError, KeyError, ValueError, TypeError, AttributeError, IndexError) as exc:
+            # From another model (or damaged inside a readable file): start from scratch.
+            stateful.restore(pristine)
+            best = {"score": None, "epoch": None, "state": None, "bad_epochs": 0}
+            start_epoch, result.history = 0, []
+            if ddp.is_main:
+                why = _first_line(exc)
+                discard_checkpoint(
+                    checkpoint_path,
+                    f"checkpoint {checkpoint_path}: does not fit this model ({why})",
+                    warn,
+                )
         result.resumed_from_epoch = start_epoch
         if best.get("stopped"):
             start_epoch = settings.epochs  # it had already stopped early: train no more
@@ -225,6 +248,7 @@ def train_student(
                     total,
                     f"epoch {epoch + 1}/{settings.epochs} loss {loss.item():.3f}",
                 )
+            maybe_die("train_batch", epoch * steps_per_epoch + step + 1)  # tests only
         row: dict[str, float] = {"epoch": epoch + 1, **{k: v / n for k, v in totals.items()}}
         row["lr"] = epoch_lr
         if evaluate is not None:
@@ -261,6 +285,7 @@ def train_student(
                 "best": best,
             }
             atomic_save(checkpoint_path, functools.partial(save_checkpoint, state))
+        maybe_die("train_epoch", epoch + 1)  # tests only
         objective.train(False)
         if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch:
             break
@@ -277,6 +302,52 @@ def train_student(
     return result
 
 
+class _Stateful:
+    """Everything a checkpoint restores, so a failed resume can be undone exactly."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        scheduler: torch.optim.lr_scheduler.LRScheduler,
+        generator: torch.Generator,
+        objective: Objective,
+    ) -> None:
+        self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
+        self.generator, self.objective = generator, objective
+
+    def snapshot(self) -> dict[str, Any]:
+        """The current state, in the checkpoint's layout (deep copies)."""
+        return copy.deepcopy(
+            {
+                "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "generator": self.generator.get_state(),
+                "torch_rng": torch.get_rng_state(),
+                "objective": self.objective.state(),
+            }
+        )
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Load a checkpoint's (or a snapshot's) state; raises when it does not fit."""
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        self.objective.load_state(state.get("objective", {}))
+
+
+def _first_line(exc: BaseException) -> str:
+    """The first non-empty line of an exception (torch's load errors span many)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    text = lines[0] if lines else type(exc).__name__
+    if len(lines) > 1 and text.endswith(":"):
+        text = f"{text} {lines[1]}"
+    return text[:200]
+
+
 def save_checkpoint(state: dict[str, Any], path: Path) -> None:
     """``torch.save`` through a file object, so equal checkpoints are equal bytes.
 
@@ -286,6 +357,7 @@ def save_checkpoint(state: dict[str, Any], path: Path) -> None:
     """
     with open(path, "wb") as fh:
         torch.save(state, fh)
+    maybe_die("checkpoint_write", state.get("epoch"))  # tests only: a torn write
 
 
 def _scheduler(

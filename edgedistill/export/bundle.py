@@ -29,6 +29,7 @@ from edgedistill.artifacts import atomic_copy, atomic_write_bytes, atomic_write_
 from edgedistill.errors import StageError
 from edgedistill.export.bundle_examples import example_program
 from edgedistill.export.bundle_readme import readme
+from edgedistill.faults import maybe_die
 from edgedistill.tasks.task import METRICS, InputSpec
 
 BUNDLE_FORMAT = "edgedistill-bundle/1"
@@ -117,6 +118,7 @@ def write_bundle(
     (folder / MANIFEST).unlink(missing_ok=True)  # half-replaced bundles carry no manifest
     for file, model in models.items():
         atomic_copy(model.onnx, folder / file)
+        maybe_die("bundle_file")  # tests only
     truth = [str(labels[int(k)]) for k in sample_labels]
     ids = [int(k) for k in sample_labels]
     sample_files, classified = _write_samples(folder, input_spec, stored, ids)

@@ -19,18 +19,22 @@ _HEADS = {
     python example.py images.npy           # uint8 pixels [N, C, H, W], [N, H, W] or [H, W](, C)
     python example.py photo.png            # resized and converted to the model's size and colour
     python example.py images.npy --model model-int8.onnx   # default: the recommended model
+    python example.py floats.npy --scale 255   # float pixels in 0..1 (255/65535 for uint16)
 
-Pixels are uint8 0..255; this script applies the manifest's normalisation.
+Pixels are uint8 0..255; this script applies the manifest's normalisation. Float, 16-bit or
+other integer arrays are refused unless --scale says how they map to 0..255 (never guessed).
 """
 ''',
-    "imu": r'''"""Classify one window of raw IMU values with only numpy and onnxruntime.
+    "imu": r'''"""Classify windows of raw IMU values with only numpy and onnxruntime.
 
     python example.py                      # the bundled sample_window.npy (true label printed)
-    python example.py window.npy           # [channels, time] or [time, channels]
+    python example.py window.npy           # [channels, time], [time, channels] or [N, C, T]
     python example.py window.csv           # header = channel names (any order), one row per sample
     python example.py window.csv --model model-int8.onnx   # default: the recommended model
 
 RAW sensor values in manifest.json's units; this script applies (raw - mean) / std itself.
+Windows that look like another unit (an accelerometer far from gravity, 9.81 m/s^2 = 1 g;
+degrees for radians per second) are refused; --trust-input skips that check.
 """
 ''',
     "audio": r'''"""Classify a WAV clip with only numpy, onnxruntime and Python's wave module.
@@ -87,9 +91,20 @@ def fail(message):
     sys.exit("error: " + " ".join(str(message).split()))
 
 
+NOTES = []
+
+
 def note(message):
-    """Say, on one line of stderr, what was done to the input."""
-    print("note: " + message, file=sys.stderr)
+    """Remember what was done to the input; said on stderr once the input is accepted (a
+    refusal stays one line)."""
+    NOTES.append("note: " + message)
+
+
+def say_notes():
+    """Print the remembered notes on stderr, one line each."""
+    for line in NOTES:
+        print(line, file=sys.stderr)
+    NOTES.clear()
 
 
 try:
@@ -141,6 +156,8 @@ def parse(p):
 
 def input_file(text):
     path = Path(text)
+    if path.is_dir():
+        fail(f"{path} is a folder; give a file")
     if not path.is_file():
         fail(f"no such file: {path}")
     return path
@@ -190,6 +207,7 @@ def run_model(name, x):
 
 def show(name, logits, truth=None, names=None):
     """Print the top class of each sample (and every class's probability for one sample)."""
+    say_notes()
     probs = np.exp(logits - logits.max(axis=1, keepdims=True))
     probs /= probs.sum(axis=1, keepdims=True)
     print(f"model: {name} ({MANIFEST['models'][name]['precision']})")

@@ -6,6 +6,63 @@ form, and each program's ``main``. Plain text, joined with the shared helpers by
 
 from __future__ import annotations
 
+from edgedistill.export.bundle_image import IMAGE
+from edgedistill.export.bundle_imu import IMU
+
+_ARRAYS = r'''
+
+def load_numpy(path):
+    """The array (or .npz archive) in ``path``; anything else is refused in one line naming
+    the file: another kind of file, a damaged one, or pickled Python objects."""
+    try:
+        with open(path, "rb") as fh:
+            magic = fh.read(6)
+    except OSError as exc:
+        fail(f"{path.name}: cannot read the file ({exc.strerror or exc})")
+    if magic != b"\x93NUMPY" and not magic.startswith(b"PK"):
+        fail(f"{path.name} is not a numpy .npy/.npz file (save arrays with np.save)")
+    try:
+        return np.load(path, allow_pickle=False)
+    except ValueError as exc:
+        if "allow_pickle" in str(exc):
+            fail(
+                f"{path.name} holds Python objects (dtype=object), not numbers; save a numeric "
+                "array, e.g. np.save(path, np.asarray(x, dtype=np.float32))"
+            )
+        fail(f"{path.name}: not a readable numpy file ({exc})")
+    except Exception as exc:
+        fail(f"{path.name}: not a readable numpy file ({exc})")
+
+
+def numeric(array):
+    """Whether ``array`` is a numpy array of integers or real floats (not bool, complex,
+    strings or objects)."""
+    return isinstance(array, np.ndarray) and (
+        np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)
+    )
+
+
+def refuse_non_finite(values, name, axes, labels=None):
+    """Refuse NaN or infinite values, saying how many and where the first one is.
+
+    ``axes`` names each axis of ``values``; ``labels`` may name the positions along an axis,
+    e.g. ``{"channel": ["ax", "ay", ...]}``."""
+    bad = ~np.isfinite(values)
+    if not bad.any():
+        return
+    kinds = ((int(np.isnan(values).sum()), "NaN"), (int(np.isinf(values).sum()), "infinite"))
+    counts = " and ".join(f"{n} {kind}" for n, kind in kinds if n)
+    labels = labels or {}
+    first = zip(axes, np.argwhere(bad)[0].tolist())
+    at = ", ".join(f"{axis} {labels[axis][i] if axis in labels else i}" for axis, i in first)
+    fail(
+        f"{name}: {counts} value(s) among {values.size}, the first at {at}; the model needs "
+        "finite numbers"
+    )
+'''
+"""Reading numpy files and refusing non-finite values (image and IMU programs)."""
+
+
 _WAV = r'''
 FULL_SCALE = {1: 128.0, 2: 32768.0, 3: 8388608.0, 4: 2147483648.0}
 
@@ -15,6 +72,11 @@ def read_wav(path, rate_wanted, widths=(2, 3, 4)):
     sample width in bytes is one of ``widths`` (8-bit audio, 48 dB of range, is refused:
     a model trained on 16-bit clips would silently see a noisier input)."""
     advice = f"convert it, e.g. ffmpeg -i IN -ac 1 -ar {rate_wanted} -c:a pcm_s16le OUT.wav"
+    if path.suffix.lower() in (".npy", ".npz"):
+        fail(
+            f"{path.name}: this example reads WAV files; save the waveform as PCM16, e.g. "
+            "scipy.io.wavfile.write(OUT.wav, rate, (x * 32767).astype(np.int16))"
+        )
     try:
         with wave.open(str(path), "rb") as wav:
             channels, width, rate = wav.getnchannels(), wav.getsampwidth(), wav.getframerate()
@@ -22,7 +84,7 @@ def read_wav(path, rate_wanted, widths=(2, 3, 4)):
     except Exception as exc:
         fail(f"{path.name} is not a PCM WAV file ({str(exc) or 'the file ends before its WAV header does'}); {advice}")
     if width not in FULL_SCALE or width not in widths or channels < 1 or rate < 1:
-        fail(f"{path.name}: {8 * width}-bit audio with {channels} channel(s); {advice}")
+        fail(f"{path.name}: {8 * width}-bit audio, {channels} channel(s) at {rate} Hz; {advice}")
     usable = len(data) // (width * channels) * width * channels  # drop a truncated last frame
     if usable == 0:
         fail(f"{path.name} holds no audio samples")
@@ -145,6 +207,7 @@ def main():
     logits = [run_model(args.model, prepare(frames[i : i + CHUNK])) for i in chunks]
     pitch, confidence = decode(np.concatenate(logits))
     precision = MANIFEST["models"][args.model]["precision"]
+    say_notes()
     every = f"every {1000 * hop / target:g} ms"
     print(f"# model: {args.model} ({precision}), {len(frames)} frames {every} of {path.name}")
     if truth is not None:
@@ -157,188 +220,8 @@ def main():
 
 
 READERS: dict[str, str] = {
-    "image": r'''
-
-PICTURES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
-
-
-def check_pixels(array, name):
-    """Refuse anything but uint8 pixels, naming the usual mistakes."""
-    if not isinstance(array, np.ndarray) or array.dtype == object:
-        fail(f"{name}: not a numeric array; the model wants uint8 pixels 0..255")
-    if array.size == 0:
-        fail(f"{name}: the batch is empty (shape {list(array.shape)})")
-    if array.dtype == np.uint8:
-        return
-    if np.issubdtype(array.dtype, np.floating):
-        if np.isnan(array).any():
-            fail(f"{name}: contains NaN; the model wants uint8 pixels 0..255")
-        if array.min() >= 0 and array.max() <= 1:
-            fail(
-                f"{name}: holds {array.dtype} values in 0..1 (the usual mistake); the model "
-                "wants uint8 pixels 0..255: save (array * 255).round().astype(np.uint8)"
-            )
-    fail(f"{name}: holds {array.dtype} values; the model wants uint8 pixels 0..255")
-
-
-def to_batch(array, name):
-    """uint8 [N, C, H, W] from [N, C, H, W], [N, H, W, C], [N, H, W], [H, W, C] or [H, W]."""
-    check_pixels(array, name)
-    c, h, w = SPEC["shape"][1:]
-    s = tuple(array.shape)
-    if array.ndim == 4 and s[1:] == (c, h, w):
-        return array
-    if array.ndim == 4 and s[1:] == (h, w, c):
-        return array.transpose(0, 3, 1, 2)
-    if array.ndim == 3 and c == 1 and s[1:] == (h, w):
-        return array[:, None]
-    if array.ndim == 3 and s in ((c, h, w), (h, w, c)):
-        return array[None] if s == (c, h, w) else array.transpose(2, 0, 1)[None]
-    if array.ndim == 2 and c == 1 and s == (h, w):
-        return array[None, None]
-    forms = f"[N, {h}, {w}] or [{h}, {w}]" if c == 1 else f"[N, {h}, {w}, {c}] or [{h}, {w}, {c}]"
-    fail(
-        f"{name}: shape {list(s)} does not fit the model's {h}x{w} {SPEC['color']} images; "
-        f"expected uint8 [N, {c}, {h}, {w}], {forms}"
-    )
-
-
-def load_array(path):
-    try:
-        data = np.load(path, allow_pickle=False)
-    except Exception as exc:
-        fail(f"{path.name}: not a readable numpy file ({exc})")
-    if isinstance(data, np.ndarray):
-        return data
-    if "images" not in data.files:
-        fail(f"{path.name}: holds {data.files}; expected an array named 'images'")
-    return data["images"]
-
-
-def read_picture(path):
-    """[1, C, H, W] uint8 from an image file, converted and resized like the training data."""
-    try:
-        from PIL import Image
-    except ImportError:
-        fail(f"reading {path.suffix} files needs Pillow (pip install pillow); or pass uint8 .npy")
-    c, h, w = SPEC["shape"][1:]
-    if c not in (1, 3):
-        fail(f"{path.name}: the model takes {c}-channel images; pass uint8 .npy")
-    mode = "L" if c == 1 else "RGB"
-    try:
-        with Image.open(path) as picture:
-            original = picture.mode
-            image = picture.convert(mode)
-    except Exception as exc:
-        fail(f"{path.name}: cannot read the image ({exc})")
-    if original != mode:
-        note(f"converted the {original} image to {SPEC['color']}, the model's colour")
-    if image.size != (w, h):
-        size = f"{image.size[1]}x{image.size[0]}"
-        note(f"resized {size} -> {h}x{w} (HxW, bilinear), the model's size")
-        image = image.resize((w, h), getattr(Image, "Resampling", Image).BILINEAR)
-    pixels = np.asarray(image, dtype=np.uint8)
-    return pixels[None, None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)[None]
-
-
-def main():
-    p = parser("Classify images.")
-    p.add_argument("images", nargs="?", help=".npy/.npz uint8 pixels or an image file")
-    args = parse(p)
-    if args.images is None:
-        path, truth = bundled_sample()
-    else:
-        path, truth = input_file(args.images), None
-    suffix = path.suffix.lower()
-    if suffix in (".npy", ".npz"):
-        images = to_batch(load_array(path), path.name)
-    elif suffix in PICTURES:
-        images = read_picture(path)
-    else:
-        fail(f"{path.name}: expected uint8 pixels in a .npy/.npz file or a .png/.jpg image")
-    show(args.model, run_model(args.model, prepare(images)), truth)
-''',
-    "imu": r'''
-
-def read_csv(path, channels):
-    """[C, T] from a CSV whose header names the channels (any order) and rows are samples."""
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as fh:
-            rows = [row for row in csv.reader(fh) if row]
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        fail(f"{path.name}: not a readable CSV file ({exc})")
-    if not rows:
-        fail(f"{path.name} is empty; expected a header row naming the channels {channels}")
-    header = [name.strip() for name in rows[0]]
-    missing = [name for name in channels if name not in header]
-    if missing or len(set(header)) != len(header):
-        fail(
-            f"{path.name}: header {header} does not name the model's {len(channels)} channels "
-            f"{channels} once each (missing {missing})"
-        )
-    extra = [name for name in header if name not in channels]
-    if extra:
-        note(f"ignored the columns {extra} of {path.name}")
-    values = []
-    for line, row in enumerate(rows[1:], start=2):
-        if len(row) != len(header):
-            fail(f"{path.name} line {line}: {len(row)} values, expected {len(header)}")
-        try:
-            values.append([float(v) for v in row])
-        except ValueError:
-            fail(f"{path.name} line {line}: not a number in {row}")
-    if not values:
-        fail(f"{path.name} has a header but no samples")
-    table = np.asarray(values, dtype=np.float64)
-    return table[:, [header.index(name) for name in channels]].T
-
-
-def read_npy(path, n_channels):
-    """[C, T] from a .npy holding [C, T] or [T, C] (told apart by the channel count)."""
-    try:
-        array = np.load(path, allow_pickle=False)
-    except Exception as exc:
-        fail(f"{path.name}: not a readable .npy file ({exc})")
-    numeric = isinstance(array, np.ndarray) and np.issubdtype(array.dtype, np.number)
-    if not numeric or array.ndim != 2:
-        got = f"{getattr(array, 'dtype', '?')} {list(getattr(array, 'shape', []))}"
-        fail(f"{path.name}: expected a 2-D numeric array, got {got}")
-    if array.shape[0] == n_channels:  # [C, T], the documented layout, wins a tie
-        return array
-    if array.shape[1] == n_channels:  # [T, C]
-        return array.T
-    fail(
-        f"{path.name}: shape {list(array.shape)} has no axis of {n_channels} channels; "
-        f"expected [{n_channels}, T] or [T, {n_channels}]"
-    )
-
-
-def main():
-    p = parser("Classify one window of raw IMU values.")
-    p.add_argument("window", nargs="?", help=".npy ([C, T] or [T, C]) or .csv (header = channels)")
-    args = parse(p)
-    if args.window is None:
-        path, truth = bundled_sample()
-    else:
-        path, truth = input_file(args.window), None
-    channels, samples = SPEC["channels"], SPEC["window_samples"]
-    suffix = path.suffix.lower()
-    if suffix == ".csv":
-        window = read_csv(path, channels)
-    elif suffix == ".npy":
-        window = read_npy(path, len(channels))
-    else:
-        fail(f"{path.name}: expected a .npy or .csv window")
-    if window.shape[1] != samples:
-        fail(
-            f"{path.name}: the window has {window.shape[1]} samples per channel; the model needs "
-            f"exactly {samples} ({SPEC['window_s']:g} s at {SPEC['sample_rate_hz']:g} Hz)"
-        )
-    if not np.isfinite(window).all():
-        fail(f"{path.name}: the window contains NaN or infinite values")
-    window = window.astype(np.float32)[None]  # [1, C, T], raw values in their units
-    show(args.model, run_model(args.model, prepare(window)), truth)
-''',
+    "image": _ARRAYS + IMAGE,
+    "imu": _ARRAYS + IMU,
     "audio": _WAV + _AUDIO,
     "pitch": _WAV + _PITCH,
     "text": r'''
@@ -363,6 +246,14 @@ def tokenize(text, where="the text"):
     max_len = spec["max_len"]
     ids = [b + 1 for b in data[:max_len]]
     return ids + [spec["pad_id"]] * (max_len - len(ids)), len(data) > max_len
+
+
+def names_a_file(text):
+    """Whether ``text`` is the name of an existing file (``--file`` forgotten)."""
+    try:
+        return " " not in text and Path(text).is_file()
+    except (OSError, ValueError):  # too long for a file name, or a NUL character
+        return False
 
 
 def read_lines(path):
@@ -392,6 +283,8 @@ def main():
     if args.text is not None:
         if not args.text.strip():
             fail("the text is empty; give some words to classify")
+        if names_a_file(args.text):
+            fail(f"{args.text} is a file: pass --file {args.text} to classify its lines")
         texts = [args.text]
     elif args.file is not None:
         texts = read_lines(input_file(args.file))

@@ -35,6 +35,7 @@ def _contract(manifest: Mapping[str, Any]) -> tuple[str, list[str], list[str]]:
             run,
             "python example.py sample.png             # any .png/.jpg (needs Pillow; resized)",
             f"python example.py images.npy {choose}   # uint8 [N, {c}, {h}, {w}]",
+            "python example.py floats.npy --scale 255 # float pixels in 0..1 (never guessed)",
         ]
         names = ["gray"] if c == 1 else ["R", "G", "B"] if c == 3 else [str(i) for i in range(c)]
         lines = [
@@ -49,6 +50,12 @@ def _contract(manifest: Mapping[str, Any]) -> tuple[str, list[str], list[str]]:
                     names, norm["mean"] or [None] * c, norm["std"] or [None] * c, strict=True
                 )
             ),
+            "",
+            "example.py refuses anything else in one line: float, 16-bit or other integer "
+            "arrays unless `--scale` says how they map to 0..255 (`--scale 255` for floats in "
+            "0..1, `--scale 255/65535` for uint16; scaled values outside 0..255 are refused), "
+            "NaN or infinite values, an empty batch, another shape, 16-bit pictures, files "
+            "that are not numpy arrays or pictures.",
         ]
     elif modality == "imu":
         channels, units = spec["channels"], spec["units"]
@@ -75,6 +82,12 @@ def _contract(manifest: Mapping[str, Any]) -> tuple[str, list[str], list[str]]:
                 f"| {i} | {n} | {u} | {_num(m, '.6g')} | {_num(s, '.6g')} |"
                 for i, (n, u, m, s) in enumerate(zip(channels, units, mean, std, strict=True))
             ),
+            "",
+            "example.py refuses in one line: windows of another length or channel count, NaN "
+            "or infinite values, values that look like another unit (an accelerometer whose "
+            "median magnitude is far from gravity, 9.81 m/s^2 = 1 g; angular rates that look "
+            "like deg/s given for rad/s or the reverse) and values 1000 training standard "
+            "deviations from the mean. `--trust-input` skips the unit and range checks.",
         ]
     elif modality == "audio":
         what = f"one {spec['clip_s']:g} s mono clip at {spec['sample_rate_hz']:g} Hz"

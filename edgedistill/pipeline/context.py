@@ -17,6 +17,9 @@ stages resume from their per-epoch checkpoint.
 
 from __future__ import annotations
 
+import errno
+import json
+import os
 import shutil
 import time
 from collections.abc import Callable
@@ -27,12 +30,20 @@ from typing import Any
 
 import torch
 from rich.console import Console
+from rich.markup import escape
 
-from edgedistill.artifacts import atomic_write_json, read_json, sha256_file, sha256_json
+from edgedistill.artifacts import (
+    atomic_write_bytes,
+    atomic_write_json,
+    no_space,
+    read_json,
+    sha256_file,
+    sha256_json,
+)
 from edgedistill.bench.env import environment
 from edgedistill.config import Recipe
 from edgedistill.distill.ddp import DataParallelContext
-from edgedistill.errors import StageError
+from edgedistill.errors import EdgeDistillError, RecipeError, StageError
 from edgedistill.tasks import InputSpec, Task
 from edgedistill.tasks.sources import build_task
 from edgedistill.teachers import FrozenTeacher, TeacherCard, load_teacher
@@ -58,6 +69,9 @@ class RunContext:
         console: Where progress and results are printed.
         force: Re-run stages even when their inputs are unchanged.
         version: The package version, part of every stage fingerprint.
+        allow_unverified_teacher: Load a teacher card without ``sha256`` (research use; a
+            warning is printed and the summary says ``teacher_verified: false``). A card
+            whose hash does not match its file is refused regardless.
     """
 
     def __init__(
@@ -68,11 +82,12 @@ class RunContext:
         console: Console | None = None,
         force: bool = False,
         version: str = "0",
+        allow_unverified_teacher: bool = False,
     ) -> None:
         self.recipe = recipe
+        self.allow_unverified_teacher = allow_unverified_teacher
         self.version = version
-        self.out = Path(out_dir).resolve()
-        self.out.mkdir(parents=True, exist_ok=True)
+        self.out = prepare_run_folder(out_dir)
         self.console = console or Console(stderr=True)
         self.force = force
         self.manifests: dict[str, dict[str, Any]] = {}
@@ -99,12 +114,29 @@ class RunContext:
 
     @cached_property
     def teacher_and_card(self) -> tuple[FrozenTeacher, TeacherCard]:
+        """The run's teacher (with its ``teacher.adapt`` head when the recipe asks for one)."""
+        teacher, card = self.base_teacher_and_card
+        cfg = self.recipe.teacher
+        if cfg is not None and cfg.adapt is not None:
+            teacher = self._adapted(teacher, card)
+        return teacher, card
+
+    @cached_property
+    def base_teacher_and_card(self) -> tuple[FrozenTeacher, TeacherCard]:
+        """The card's teacher as loaded (weights hash checked), before any adaptation."""
         cfg = self.recipe.teacher
         if cfg is None or cfg.card is None:
             raise StageError("this recipe has no teacher card (teacher.card)")
-        teacher, card = load_teacher(cfg.card)
-        if cfg.adapt is not None:
-            teacher = self._adapted(teacher, card)
+        teacher, card = load_teacher(cfg.card, allow_unverified=self.allow_unverified_teacher)
+        if not card.verified:
+            self.console.print(
+                f"[yellow]warning:[/] teacher card {escape(str(cfg.card))} has no sha256: its "
+                f"weights {escape(str(card.weights))} (sha256 {teacher.weights_sha256}) are used "
+                "unverified (--allow-unverified-teacher); the summary records "
+                "teacher_verified: false",
+                highlight=False,
+                soft_wrap=True,
+            )
         return teacher, card
 
     def _adapted(self, teacher: FrozenTeacher, card: TeacherCard) -> FrozenTeacher:
@@ -146,6 +178,21 @@ class RunContext:
             finetune_lr=cfg.finetune_lr,
         )
 
+    @cached_property
+    def teacher_verified(self) -> bool | None:
+        """Whether the teacher card pins its weights' sha256 (None: no teacher card).
+
+        A loaded teacher always matched a pinned hash; False only with
+        ``allow_unverified_teacher`` and a card without one.
+        """
+        cfg = self.recipe.teacher
+        if cfg is None or cfg.card is None:
+            return None
+        if "base_teacher_and_card" in self.__dict__:
+            return self.base_teacher_and_card[1].verified
+        card = TeacherCard.load(cfg.card, allow_unverified=self.allow_unverified_teacher)
+        return card.verified
+
     @property
     def teacher(self) -> FrozenTeacher:
         return self.teacher_and_card[0]
@@ -163,7 +210,7 @@ class RunContext:
             return self.task.input
         # Read from the card file, not self.card: adapting the teacher needs this spec while
         # the teacher itself is still being built.
-        card_raw = TeacherCard.load(cfg.card).raw
+        card_raw = TeacherCard.load(cfg.card, allow_unverified=self.allow_unverified_teacher).raw
         spec = (card_raw.get("input") or {}).get("normalization") or {}
         if "mean" in spec and "std" in spec and self.task.input.mean is not None:
             return self.task.input.with_normalization(tuple(spec["mean"]), tuple(spec["std"]))
@@ -259,6 +306,7 @@ class RunContext:
         fingerprint: str,
     ) -> dict[str, Any]:
         manifest_path = stage_dir / MANIFEST
+        ensure_writable(stage_dir)
         stage_dir.mkdir(parents=True, exist_ok=True)
         if manifest_path.exists():
             manifest_path.unlink()  # an outdated manifest must not vouch for new outputs
@@ -288,6 +336,118 @@ class RunContext:
             if not path.is_file() or sha256_file(path) != digest:
                 return False
         return True
+
+
+# ---- the run folder: where it may be, whether it can be written ------------------------------
+def prepare_run_folder(out_dir: Path) -> Path:
+    """The run folder, resolved and created if missing.
+
+    An existing folder that this process cannot write is accepted when it holds something: an
+    unchanged re-run of a finished run made read-only writes nothing (the first stage that
+    must write says so, :func:`ensure_writable`). An empty one is refused at once, since
+    every stage will write to it.
+
+    Raises:
+        RecipeError: ``out_dir`` is a file, cannot be created, or is an empty folder this
+            process may not write to (one line naming it and what to do).
+    """
+    out = Path(out_dir).expanduser().resolve()
+    if out.exists() and not out.is_dir():
+        raise RecipeError(
+            f"run folder {out} is a file, not a folder: choose another --out (or move the file)"
+        )
+    if not out.exists():
+        try:
+            out.mkdir(parents=True)
+        except FileExistsError:  # a concurrent process made it (or a parent is a file)
+            if not out.is_dir():
+                raise RecipeError(
+                    f"run folder {out} cannot be created (a parent is a file): choose another --out"
+                ) from None
+        except OSError as exc:
+            reason = exc.strerror or type(exc).__name__
+            raise RecipeError(
+                f"run folder {out} cannot be created ({reason}): choose a writable --out"
+            ) from None
+    elif not any(out.iterdir()):
+        ensure_writable(out)
+    return out
+
+
+def ensure_writable(folder: Path) -> None:
+    """Refuse, in one line, a folder (or the nearest existing parent it would be created in)
+    that this process may not create files in.
+
+    Uses ``os.access`` with the effective ids (so a root process passes wherever the kernel
+    would let it write, and an ordinary user is refused on a ``chmod a-w`` folder or a
+    read-only mount).
+
+    Raises:
+        RecipeError: the folder cannot be written.
+    """
+    target = Path(folder)
+    while not target.exists() and target.parent != target:
+        target = target.parent
+    effective = os.access in os.supports_effective_ids
+    if not os.access(target, os.W_OK | os.X_OK, effective_ids=effective):
+        raise RecipeError(
+            f"run folder {target} is not writable: make it writable (chmod u+w) or choose "
+            "another --out"
+        )
+
+
+def write_if_changed(path: Path, data: bytes) -> bool:
+    """Write ``data`` to ``path`` atomically unless the file already holds exactly these bytes.
+
+    An unchanged re-run must write nothing (a finished run folder may be read-only, and
+    mtimes are what backup and sync tools go by).
+
+    Returns:
+        Whether the file was written.
+    """
+    try:
+        if path.is_file() and path.read_bytes() == data:
+            return False
+    except OSError:
+        pass  # unreadable: overwrite it
+    ensure_writable(path.parent)
+    atomic_write_bytes(path, data)
+    return True
+
+
+def write_json_if_changed(path: Path, obj: Any) -> bool:
+    """:func:`write_if_changed` with the JSON text :func:`atomic_write_json` writes."""
+    text = json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n"
+    return write_if_changed(path, text.encode("utf-8"))
+
+
+_NOT_WRITABLE_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS})
+
+
+def write_failure(exc: BaseException, where: Path) -> EdgeDistillError | None:
+    """The one-line error for a failure to write in the run folder, or None for other errors.
+
+    Args:
+        exc: What a stage raised.
+        where: The folder it was writing in (named when the error names no file).
+
+    Returns:
+        :class:`StageError` for a full disk or a file over the size limit (the run resumes
+        once there is space), :class:`RecipeError` for a folder that may not be written.
+    """
+    full = no_space(exc)
+    if full is not None:
+        return StageError(
+            f"cannot write {full.filename or where}: {full.strerror or 'no space'} (disk full "
+            "or over the file-size limit): free space and run the same command again; finished "
+            "stages are kept"
+        )
+    if isinstance(exc, OSError) and exc.errno in _NOT_WRITABLE_ERRNOS:
+        return RecipeError(
+            f"{exc.filename or where}: {exc.strerror}: fix its permissions (a run folder must "
+            "be writable: or choose another --out)"
+        )
+    return None
 
 
 class _ForwardFeatures(torch.nn.Module):

@@ -67,6 +67,16 @@ def _shown(value: Any) -> str:
     return str(value)
 
 
+def unverified_teacher_line(summary: dict[str, Any]) -> str | None:
+    """The report's warning when the teacher ran unverified (``teacher_verified: false``)."""
+    if summary.get("teacher_verified") is not False:
+        return None
+    return (
+        "Teacher not verified: its card pins no sha256, so these results come from weights "
+        "nobody checked (--allow-unverified-teacher; research use only)."
+    )
+
+
 def render_markdown(summary: dict[str, Any], training: dict[str, Any]) -> str:
     """The report as Markdown."""
     header, rows = summary_table(summary)
@@ -77,6 +87,7 @@ def render_markdown(summary: dict[str, Any], training: dict[str, Any]) -> str:
         f"Dataset: {summary['dataset']}. Accuracy: {summary['accuracy_metric']}. Latency: batch 1, "
         f"{env.get('threads', '?')} threads, on {env.get('cpu', 'unknown CPU')}.",
         "",
+        *([f"**{unverified}**", ""] if (unverified := unverified_teacher_line(summary)) else []),
         "| " + " | ".join(header) + " |",
         "|" + "---|" * len(header),
         *["| " + " | ".join(r) + " |" for r in rows],
@@ -149,6 +160,8 @@ def render_html(summary: dict[str, Any], training: dict[str, Any], plot_name: st
         else ""
     )
     env = summary.get("environment") or {}
+    unverified = unverified_teacher_line(summary)
+    warning = f'<p class="warning"><b>{esc(unverified)}</b></p>\n' if unverified else ""
     rec = summary.get("recommended") or {}
     recommendation = (
         f"<p><b>Ship <code>{esc(rec['file'])}</code></b> ({esc(rec['model'])}): "
@@ -164,7 +177,7 @@ td:first-child,th:first-child{{text-align:left}}th{{background:#f3f3f3}}</style>
 <h1>edgedistill report: {esc(summary["recipe"])}</h1>
 <p>Dataset: {esc(summary["dataset"])}. Accuracy: {esc(summary["accuracy_metric"])}.
 Latency: batch 1, {esc(str(env.get("threads", "?")))} threads, {esc(str(env.get("cpu", "")))}.</p>
-{table}
+{warning}{table}
 {recommendation}
 {probe_table}
 <h2>Speed-ups (same run)</h2><ul>{speed}</ul>

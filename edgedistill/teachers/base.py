@@ -4,6 +4,13 @@ A teacher card (YAML, in the top-level ``teachers/`` folder) names an architectu
 constructor arguments, a safetensors weights file (relative to the card) and that file's
 sha256. :func:`load_teacher` checks the hash, builds the model and freezes it visibly
 (DESIGN.md, convention 3): ``requires_grad_(False)``, always ``eval()``, inference mode.
+
+Every card reads a weights file (a local ``.safetensors`` / ``.onnx`` next to the card, or a
+file inside an installed package), so every card must pin it: ``sha256`` is exactly 64 hex
+characters, quoted (YAML reads an all-digit hash, e.g. 64 zeros, as a number). A card without
+one loads only with ``allow_unverified=True`` (``--allow-unverified-teacher``, research use;
+the run's summary then says ``teacher_verified: false``); a hash that does not match the file
+is refused always.
 """
 
 from __future__ import annotations
@@ -14,10 +21,9 @@ from typing import Any
 
 import torch
 import yaml
-from safetensors.torch import load_file
 from torch import nn
 
-from edgedistill.artifacts import sha256_file
+from edgedistill.artifacts import read_safetensors, sha256_file
 from edgedistill.errors import RecipeError, UnsafeFileError
 from edgedistill.students import build_model
 
@@ -36,13 +42,29 @@ class TeacherCard:
 
     package: str | None = None
 
+    @property
+    def verified(self) -> bool:
+        """Whether the card pins its weights' sha256 (a loaded teacher then matched it)."""
+        return self.sha256 is not None
+
     @classmethod
-    def load(cls, path: Path) -> TeacherCard:
+    def load(cls, path: Path, *, allow_unverified: bool = False) -> TeacherCard:
         """Parse and check a card.
 
         A card with ``package`` names a weights file inside that installed package
-        (:mod:`edgedistill.teachers.packaged`; ``sha256`` is then required). Otherwise the
-        weights path is relative to the card and must stay inside the card's folder.
+        (:mod:`edgedistill.teachers.packaged`, checked against ``sha256`` here). Otherwise the
+        weights path is relative to the card and must stay inside the card's folder (hashed by
+        :func:`verify_teacher_card`).
+
+        Args:
+            path: The card file.
+            allow_unverified: Accept a card without ``sha256`` (its ``sha256`` is then None).
+                A malformed ``sha256`` is refused regardless.
+
+        Raises:
+            RecipeError: unreadable card, missing keys, missing or malformed ``sha256``.
+            UnsafeFileError: weights outside the card's folder, pickled weights, or a packaged
+                file whose sha256 differs.
         """
         try:
             raw = yaml.safe_load(Path(path).read_text())
@@ -55,7 +77,7 @@ class TeacherCard:
             raise RecipeError(f"teacher card {path}: missing {', '.join(missing)}")
         package = raw.get("package")
         if package is not None:
-            return cls._packaged(Path(path), raw, str(package))
+            return cls._packaged(Path(path), raw, str(package), allow_unverified)
         folder = Path(path).resolve().parent
         weights = (folder / str(raw["weights"])).resolve()
         if not weights.is_relative_to(folder):
@@ -68,27 +90,27 @@ class TeacherCard:
             )
         if not weights.is_file():
             raise RecipeError(f"teacher card {path}: weights file {weights} does not exist")
+        digest = card_sha256(raw.get("sha256"), Path(path), weights, allow_unverified)
         return cls(
             name=str(raw["name"]),
             arch=str(raw["arch"]),
             config=dict(raw.get("config") or {}),
             weights=weights,
-            sha256=raw.get("sha256"),
+            sha256=digest,
             labels=tuple(raw.get("labels") or ()),
             raw=raw,
         )
 
     @classmethod
-    def _packaged(cls, path: Path, raw: dict[str, Any], package: str) -> TeacherCard:
+    def _packaged(
+        cls, path: Path, raw: dict[str, Any], package: str, allow_unverified: bool
+    ) -> TeacherCard:
         from edgedistill.teachers.packaged import packaged_weights
 
-        digest = str(raw.get("sha256") or "").lower()
-        if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
-            raise RecipeError(
-                f"teacher card {path}: a packaged teacher needs sha256: the 64 hex characters "
-                f"of its weights file, got {raw.get('sha256')!r}"
-            )
-        weights = packaged_weights(str(raw["arch"]), package, str(raw["weights"]), digest, path)
+        relative = str(raw["weights"])
+        where = Path(f"{package}/{relative}")
+        digest = card_sha256(raw.get("sha256"), path, where, allow_unverified)
+        weights = packaged_weights(str(raw["arch"]), package, relative, digest, path)
         return cls(
             name=str(raw["name"]),
             arch=str(raw["arch"]),
@@ -99,6 +121,53 @@ class TeacherCard:
             raw=raw,
             package=package,
         )
+
+
+HEX = frozenset("0123456789abcdef")
+
+
+def card_sha256(
+    value: Any, card: Path, weights: Path, allow_unverified: bool = False
+) -> str | None:
+    """The card's ``sha256``, checked and lower-cased; None when absent and allowed.
+
+    Args:
+        value: What YAML read for ``sha256`` (None when the key is absent).
+        card: The card file (named in errors).
+        weights: The weights file the hash pins (named in errors).
+        allow_unverified: Return None for a missing hash instead of refusing the card.
+
+    Raises:
+        RecipeError: missing (unless allowed), a YAML number or boolean (an unquoted hash:
+            the message says to quote it), not 64 characters, or not hexadecimal.
+    """
+    need = f"teacher card {card}: needs sha256: the 64 hex characters of {weights}"
+    if value is None or value == "":
+        if allow_unverified:
+            return None
+        raise RecipeError(
+            f"{need} (`sha256sum {weights}` prints them; check where the file came from first),"
+            " or run with --allow-unverified-teacher for research use"
+        )
+    if isinstance(value, bool) or not isinstance(value, str):
+        kind = (
+            "a boolean"
+            if isinstance(value, bool)
+            else "a number"
+            if isinstance(value, int | float)
+            else f"a {type(value).__name__}"
+        )
+        raise RecipeError(
+            f"{need} as a quoted string, but YAML read `sha256: {value}` as {kind}: "
+            'quote the hash (sha256: "…") so YAML keeps every digit'
+        )
+    digest = value.strip().lower()
+    if len(digest) != 64:
+        raise RecipeError(f"{need}, got {len(digest)} characters ({value!r})")
+    bad = sorted(set(digest) - HEX)
+    if bad:
+        raise RecipeError(f"{need}, got non-hex character(s) {''.join(bad)!r} in {value!r}")
+    return digest
 
 
 class FrozenTeacher(nn.Module):
@@ -127,23 +196,54 @@ class FrozenTeacher(nn.Module):
             return self.model(x)
 
 
-def load_teacher(card_path: Path) -> tuple[FrozenTeacher, TeacherCard]:
-    """Load the teacher a card describes, refusing weights whose sha256 does not match."""
-    card = TeacherCard.load(card_path)
-    if card.package is not None:  # verified against the pinned sha256 by TeacherCard.load
+def verify_teacher_card(
+    card_path: Path, *, allow_unverified: bool = False
+) -> tuple[TeacherCard, str]:
+    """Check a card and hash its weights file, without building the model.
+
+    Returns:
+        (card, the weights file's sha256): equal to ``card.sha256`` unless the card has none
+        (allowed by ``allow_unverified``).
+
+    Raises:
+        RecipeError: a malformed card or ``sha256`` (see :func:`card_sha256`).
+        UnsafeFileError: the file's sha256 differs from the card's (both hashes in full).
+    """
+    card = TeacherCard.load(card_path, allow_unverified=allow_unverified)
+    if card.package is not None and card.sha256 is not None:
+        return card, card.sha256  # hashed and compared by packaged_weights
+    digest = sha256_file(card.weights)
+    if card.sha256 is not None and card.sha256 != digest:
+        raise UnsafeFileError(
+            f"teacher weights {card.weights}: sha256 {digest} does not match {card.sha256} "
+            f"pinned by {card_path}: download the file again, or if it was replaced on purpose, "
+            "put its sha256 in the card"
+        )
+    return card, digest
+
+
+def load_teacher(
+    card_path: Path, *, allow_unverified: bool = False
+) -> tuple[FrozenTeacher, TeacherCard]:
+    """Load the teacher a card describes, only after its weights' sha256 matched the card.
+
+    Args:
+        card_path: The teacher card (YAML).
+        allow_unverified: Load a card without ``sha256`` (research use); a hash that does
+            not match is refused regardless.
+
+    Raises:
+        RecipeError: a malformed card, a corrupt weights file, or weights that do not fit.
+        UnsafeFileError: the weights' sha256 differs from the card's.
+    """
+    card, digest = verify_teacher_card(card_path, allow_unverified=allow_unverified)
+    if card.package is not None:
         from edgedistill.teachers.packaged import build_packaged_teacher
 
-        assert card.sha256 is not None
         teacher = build_packaged_teacher(
-            card.arch, card.weights, card.config, card.name, card.sha256, card_path
+            card.arch, card.weights, card.config, card.name, digest, card_path
         )
         return teacher, card
-    digest = sha256_file(card.weights)
-    if card.sha256 and card.sha256 != digest:
-        raise UnsafeFileError(
-            f"teacher weights {card.weights}: sha256 {digest[:12]}… does not match the card's "
-            f"{str(card.sha256)[:12]}…"
-        )
     if card.arch == "onnx":
         from edgedistill.export.onnx import check_onnx_file
         from edgedistill.teachers.onnx_teacher import OnnxTeacherModel
@@ -152,12 +252,39 @@ def load_teacher(card_path: Path) -> tuple[FrozenTeacher, TeacherCard]:
         threads = int(card.config.get("threads", 2))
         return FrozenTeacher(OnnxTeacherModel(card.weights, threads), card.name, digest), card
     model = build_model(card.arch, card.config)
-    state = load_file(str(card.weights))
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as exc:
-        first = str(exc).splitlines()[1] if len(str(exc).splitlines()) > 1 else str(exc)
-        raise RecipeError(
-            f"teacher {card.name}: weights do not fit '{card.arch}': {first.strip()}"
-        ) from None
+    _load_weights(model, read_safetensors(card.weights), card, card_path)
     return FrozenTeacher(model, card.name, digest), card
+
+
+def _load_weights(
+    model: nn.Module, state: dict[str, torch.Tensor], card: TeacherCard, card_path: Path
+) -> None:
+    """Strict ``load_state_dict``; tensors that do not fit are one line saying which."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    shapes = [
+        f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state and tuple(state[k].shape) != tuple(v.shape)
+    ]
+    problems = [
+        f"{label} {', '.join(items[:3])}{' …' if len(items) > 3 else ''} ({len(items)})"
+        for label, items in (
+            ("missing", missing),
+            ("unexpected", unexpected),
+            ("wrong shape", shapes),
+        )
+        if items
+    ]
+    if not problems:
+        try:
+            model.load_state_dict(state)
+            return
+        except RuntimeError as exc:
+            problems = [next((ln.strip() for ln in str(exc).splitlines()[1:] if ln.strip()), "")]
+    raise RecipeError(
+        f"teacher card {card_path}: the weights in {card.weights} do not fit arch "
+        f"'{card.arch}' with the card's config ({'; '.join(problems)}): fix arch/config in the "
+        "card or point it at the right weights file"
+    )

@@ -17,6 +17,7 @@ import torch
 
 from edgedistill.artifacts import atomic_save, sha256_json
 from edgedistill.distill.ddp import DataParallelContext
+from edgedistill.faults import maybe_die
 
 
 def teacher_cache_key(
@@ -83,6 +84,7 @@ def _load_or_compute(
             chunks.append(teacher(transform(batch)).float().cpu().numpy())
         if on_batch is not None:
             on_batch(len(batch))
+        maybe_die("teacher_batch")  # tests only
     logits = np.concatenate(chunks).astype(np.float32)
     atomic_save(path, lambda tmp: np.save(tmp, logits))
     return np.load(path, mmap_mode="r"), False

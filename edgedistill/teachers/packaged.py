@@ -77,8 +77,13 @@ def register_packaged_teacher(
     return wrap
 
 
-def packaged_weights(arch: str, package: str, relative: str, sha256: str, card: Path) -> Path:
+def packaged_weights(
+    arch: str, package: str, relative: str, sha256: str | None, card: Path
+) -> Path:
     """The verified weights file ``relative`` inside the installed ``package``.
+
+    ``sha256`` None (a card without one, allowed by ``--allow-unverified-teacher``) skips the
+    comparison; :func:`edgedistill.teachers.base.verify_teacher_card` then hashes the file.
 
     Raises:
         MissingDependencyError: the package is not installed (names the install command).
@@ -93,11 +98,14 @@ def packaged_weights(arch: str, package: str, relative: str, sha256: str, card: 
         raise MissingDependencyError(package, entry.extra, purpose, entry.install) from None
     except Exception as exc:  # DataError: the package is there, the file is not
         raise RecipeError(f"{purpose}: {exc}") from None
+    if sha256 is None:
+        return path
     actual = sha256_file(path)
     if actual != sha256:
         raise UnsafeFileError(
             f"{purpose}: {path} has sha256 {actual} but the card pins {sha256}; "
-            f"reinstall it ({entry.install})"
+            f"reinstall it ({entry.install}), or fix the card's sha256 if the package "
+            "version changed on purpose"
         )
     return path
 

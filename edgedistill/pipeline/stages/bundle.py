@@ -8,10 +8,11 @@ from typing import Any
 
 import numpy as np
 
+from edgedistill.bench.compare import prefer_candidate
 from edgedistill.errors import StageError
 from edgedistill.pipeline.context import RunContext, StageOutcome
 from edgedistill.pipeline.stages.export import DeployedModel, deployed_models
-from edgedistill.pipeline.stages.report import latency_b1
+from edgedistill.pipeline.stages.report import latency_b1, latency_comparison
 
 FP32_FILE, INT8_FILE = "model.onnx", "model-int8.onnx"
 SAMPLES = 8
@@ -22,15 +23,22 @@ def final_fp32(ctx: RunContext) -> str:
     return "student-pruned" if ctx.recipe.prune.enabled else "student"
 
 
-def recommend(fp32_ms: float | None, int8_ms: float | None) -> tuple[str, str]:
+def recommend(
+    fp32_ms: float | None, int8_ms: float | None, comparison: dict[str, Any] | None = None
+) -> tuple[str, str]:
     """Which bundled file to ship and why: INT8 only when it is faster than FP32 in ONNX
-    Runtime at batch 1 (both already passed the verify gates).
+    Runtime at batch 1 (both already passed the verify gates). With the profile stage's
+    interleaved ``comparison`` (a latency.json row), "faster" means its interval excludes 1
+    (:func:`~edgedistill.bench.compare.prefer_candidate`); within noise, FP32 ships.
 
     Returns:
         (file name, one-line reason).
     """
     if int8_ms is None:
         return FP32_FILE, "no INT8 model (quantize disabled) or no INT8 latency"
+    if comparison is not None:
+        use_int8, why = prefer_candidate(comparison, baseline="FP32", candidate="INT8")
+        return (INT8_FILE if use_int8 else FP32_FILE), why
     if fp32_ms is None:
         return FP32_FILE, "no ONNX Runtime latency to compare INT8 with"
     faster = int8_ms < fp32_ms
@@ -65,7 +73,8 @@ def stage_bundle(ctx: RunContext) -> dict[str, Any]:
             return None if value is None else float(value)
 
         int8_ms = p50(f"{fp32}-int8") if INT8_FILE in chosen else None
-        recommended, reason = recommend(p50(fp32), int8_ms)
+        comparison = latency_comparison(ctx, fp32, f"{fp32}-int8")
+        recommended, reason = recommend(p50(fp32), int8_ms, comparison)
         count = min(SAMPLES, len(task.y_test))
         picks = np.sort(np.random.default_rng(0).choice(len(task.y_test), count, replace=False))
         models = {

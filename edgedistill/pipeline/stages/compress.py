@@ -1,21 +1,32 @@
 """Compression stages: ``prune`` (structured channels to a MACs target, then KD recovery)
-and ``quantize`` (ONNX Runtime static INT8, QDQ, calibrated on training samples)."""
+and ``quantize`` (static INT8 QDQ calibrated on training samples: ONNX Runtime or NNCF, with
+QAT + KD when PTQ misses the accuracy gate)."""
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
-from edgedistill.artifacts import read_json
+from edgedistill.artifacts import atomic_copy, atomic_write_json, read_json
 from edgedistill.compress.calibration import output_distortion
 from edgedistill.compress.prune import prune_channels
+from edgedistill.compress.qdq import layer_sensitivity
 from edgedistill.compress.quantize import quantize_onnx_static
+from edgedistill.errors import RecipeError
+from edgedistill.faults import maybe_die
 from edgedistill.metrics import predict_logits
 from edgedistill.pipeline.context import RunContext, StageOutcome
-from edgedistill.pipeline.stages.distill import train_in_stage, train_settings
+from edgedistill.pipeline.stages.distill import (
+    teacher_logits_for,
+    train_in_stage,
+    train_settings,
+)
 from edgedistill.progress import progress_bar
+from edgedistill.runtime import OnnxRuntimeRunner, run_batched
 from edgedistill.students.io import load_model, save_model
 
 
@@ -72,50 +83,277 @@ def stage_prune(ctx: RunContext) -> dict[str, Any]:
     return ctx.run_stage("prune", inputs, body)
 
 
+# The quantize options added with NNCF: fingerprinted only when one differs from its default,
+# so a run made before they existed is not redone (its outputs are byte-identical anyway).
+_NNCF_FIELDS = (
+    "backend",
+    "accuracy_control",
+    "qat",
+    "qat_epochs",
+    "qat_lr",
+    "validation_samples",
+    "sensitivity",
+)
+SENSITIVITY_FILE = "sensitivity.json"
+
+
+def _nncf_options_in_use(cfg: Any) -> bool:
+    """Whether any quantize option added with NNCF differs from its default."""
+    return any(getattr(cfg, k) != type(cfg).model_fields[k].default for k in _NNCF_FIELDS)
+
+
+def _quantize_fingerprint(ctx: RunContext) -> dict[str, Any]:
+    cfg = ctx.recipe.quantize
+    dump = cfg.model_dump(mode="json")
+    extra = {k: dump.pop(k) for k in _NNCF_FIELDS}
+    if _nncf_options_in_use(cfg):
+        dump.update(extra)
+        dump["gate"] = ctx.recipe.gates.int8_max_accuracy_drop
+        if cfg.qat != "never":
+            dump["teacher"] = ctx.teacher.weights_sha256 if ctx.has_teacher else None
+            dump["distill"] = ctx.recipe.distill.model_dump(mode="json")
+    return dump
+
+
+def _wants_sensitivity(cfg: Any) -> bool:
+    if cfg.sensitivity == "auto":
+        return bool(cfg.backend == "nncf" or cfg.qat != "never")
+    return bool(cfg.sensitivity == "yes")
+
+
+def _validation_split(ctx: RunContext, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Up to ``n`` labelled *training* samples outside the calibration set (seeded): the
+    held-out data INT8 drops are measured on inside this stage. Never the test split: the
+    choices made on it (which layers stay float, whether to run QAT) would leak into the
+    accuracy the report states."""
+    task, cfg = ctx.task, ctx.recipe.quantize
+    calibration = set(task.calibration_index(cfg.calibration_samples, ctx.recipe.seed).tolist())
+    labelled = np.flatnonzero(task.labelled)
+    if len(labelled) == 0:
+        raise RecipeError(
+            "quantize: accuracy_control, qat and sensitivity need labelled training samples "
+            "(data.use_labels is false); set them off"
+        )
+    free = np.array([i for i in labelled if i not in calibration], dtype=np.int64)
+    pool = free if len(free) >= min(n, 10) else labelled  # tiny sets: overlap calibration
+    order = pool[np.random.default_rng(ctx.recipe.seed + 3).permutation(len(pool))]
+    index = np.sort(order[:n])
+    return task.input.prepare(task.x_train[index]).numpy(), task.y_train[index]
+
+
+def _onnx_logits(path: Path, x: np.ndarray, threads: int) -> np.ndarray:
+    with OnnxRuntimeRunner(path, path.stem, threads) as runner:
+        return run_batched(runner, x)
+
+
+def _ignored_types(path: Path, op_types: tuple[str, ...] | None) -> list[str] | None:
+    """NNCF ignores op types, ONNX Runtime quantizes listed ones: the complement."""
+    if not op_types:
+        return None
+    import onnx
+
+    present = {n.op_type for n in onnx.load(str(path), load_external_data=False).graph.node}
+    return sorted(present - set(op_types))
+
+
+def _soft_labels(ctx: RunContext, student: torch.nn.Module) -> tuple[np.ndarray, str]:
+    """The teacher's cached training logits, or the FP32 student's own without a teacher."""
+    task = ctx.task
+    if ctx.has_teacher:
+        logits, _ = teacher_logits_for(ctx, task.x_train, "train")
+        logits = np.asarray(logits)
+        if logits.shape[-1] == task.num_classes:
+            return logits, "teacher"
+    return predict_logits(student, task.train_inputs), "fp32-student"
+
+
+def _qat(
+    ctx: RunContext, source: str, target: Path, calibration: np.ndarray
+) -> tuple[dict[str, Any], Path]:
+    """QAT + KD of the torch model behind ``source``, exported to ``target``."""
+    from edgedistill.compress.nncf_quantize import export_qat_onnx, qat_kd
+
+    cfg, task = ctx.recipe.quantize, ctx.task
+    stage = "distill" if source == "student" else "prune"
+    student = load_model(ctx.stage_dir(stage), source)
+    soft, soft_source = _soft_labels(ctx, student)
+    kd = next((t for t in ctx.recipe.distill.terms if t.name == "kd"), None)
+    model = qat_kd(
+        student,
+        task.train_inputs,
+        soft,
+        calibration=torch.as_tensor(calibration),
+        epochs=cfg.qat_epochs,
+        lr=cfg.qat_lr,
+        batch_size=ctx.recipe.distill.batch_size,
+        temperature=kd.temperature if kd is not None else 4.0,
+        labels=task.y_train,
+        ce_weight=0.0 if soft_source == "teacher" else 1.0,
+        seed=ctx.recipe.seed,
+    )
+    export_qat_onnx(
+        model,
+        tuple(task.input.shape),
+        target,
+        input_dtype=torch.int64 if task.input.dtype == "int64" else torch.float32,
+    )
+    return {"soft_labels": soft_source, "epochs": cfg.qat_epochs, "lr": cfg.qat_lr}, target
+
+
 def stage_quantize(ctx: RunContext) -> dict[str, Any]:
-    """Post-training static INT8 (ORT QDQ) of every student, calibrated on training data."""
+    """INT8 QDQ ONNX of every student, calibrated on training data: ONNX Runtime or NNCF PTQ
+    (optionally accuracy-controlled), QAT + KD when PTQ misses the gate (``quantize.qat``),
+    and the per-layer sensitivity table ``sensitivity.json``."""
     cfg = ctx.recipe.quantize
     inputs = {
         **ctx.output_hashes("export"),
-        "quantize": cfg.model_dump(mode="json"),
+        "quantize": _quantize_fingerprint(ctx),
         "data": ctx.data_sha256,
     }
 
     def body(stage_dir: Path, fingerprint: str) -> StageOutcome:
         if not cfg.enabled:
             return StageOutcome([], {"enabled": False, "models": []})
+        if cfg.backend == "nncf" or cfg.qat != "never":
+            from edgedistill.compress.nncf_quantize import require_nncf
+
+            require_nncf("quantize.backend: nncf" if cfg.backend == "nncf" else "quantize.qat")
         sources = [m for m in ctx.manifests["export"]["metrics"]["models"] if m != "teacher"]
         calibration = ctx.task.calibration(cfg.calibration_samples, ctx.recipe.seed).numpy()
         keep_float_until = cfg.keep_float_until
         if keep_float_until == "auto":
             student = load_model(ctx.stage_dir("distill"), "student")
             keep_float_until = getattr(student, "float_frontend_until", None)
+        sensitivity = _wants_sensitivity(cfg)
+        validation = None
+        if cfg.accuracy_control or cfg.qat != "never" or sensitivity:
+            validation = _validation_split(ctx, cfg.validation_samples)
         outputs = []
         kept_float: list[str] = []
+        paths: dict[str, dict[str, Any]] = {}
+        tables: dict[str, list[dict[str, Any]]] = {}
         with progress_bar(ctx.console, "quantize", len(sources)) as advance:
             for source in sources:
                 target = stage_dir / f"{source}-int8.onnx"
-                kept_float = quantize_onnx_static(
-                    ctx.output("export", f"{source}.onnx"),
-                    target,
-                    calibration,
-                    per_channel=cfg.per_channel,
-                    method=cfg.calibration_method,
-                    reduce_range=cfg.reduce_range,
-                    op_types=cfg.op_types,
-                    keep_float_until=keep_float_until,
-                    activations=cfg.activations,
-                )
+                fp32 = ctx.output("export", f"{source}.onnx")
+                record: dict[str, Any] = {}
+                if cfg.backend == "onnxruntime":
+                    kept_float = quantize_onnx_static(
+                        fp32,
+                        target,
+                        calibration,
+                        per_channel=cfg.per_channel,
+                        method=cfg.calibration_method,
+                        reduce_range=cfg.reduce_range,
+                        op_types=cfg.op_types,
+                        keep_float_until=keep_float_until,
+                        activations=cfg.activations,
+                    )
+                    record["path"] = "ptq-onnxruntime"
+                else:
+                    record.update(
+                        _nncf_ptq(ctx, fp32, target, calibration, validation, keep_float_until)
+                    )
+                    kept_float = record.pop("nodes_kept_float")
+                    record.update(keep_float_until=keep_float_until)
+                if cfg.qat != "never" and validation is not None:
+                    record.update(
+                        _qat_if_needed(ctx, source, fp32, target, calibration, validation)
+                    )
+                if sensitivity and validation is not None:
+                    tables[source] = layer_sensitivity(
+                        fp32,
+                        target,
+                        validation[0],
+                        labels=validation[1],
+                        metric=ctx.task.score,
+                        threads=ctx.threads(),
+                    )
+                paths[source] = record
                 outputs.append(target.name)
+                maybe_die("quantize_model", len(outputs))  # tests only
                 advance(1, source)
-        return StageOutcome(
-            outputs,
-            {
-                "models": sources,
-                "calibration_samples": len(calibration),
-                "kept_float_until": keep_float_until,
-                "nodes_kept_float": len(kept_float),
-            },
-        )
+        metrics: dict[str, Any] = {
+            "models": sources,
+            "calibration_samples": len(calibration),
+            "kept_float_until": keep_float_until,
+            "nodes_kept_float": len(kept_float),
+        }
+        if _nncf_options_in_use(cfg):  # default recipes keep today's metrics exactly
+            metrics.update(backend=cfg.backend, paths=paths)
+            if validation is not None:
+                metrics["validation_samples"] = len(validation[1])
+        if tables:
+            atomic_write_json(
+                stage_dir / SENSITIVITY_FILE,
+                {
+                    "method": "each quantized layer alone quantized (every other layer float); "
+                    "metric drop and relative output error vs FP32 on a validation subset of "
+                    "the training data",
+                    "metric": ctx.task.metric_info.header,
+                    "samples": len(validation[1]) if validation is not None else 0,
+                    "models": tables,
+                },
+            )
+            outputs.append(SENSITIVITY_FILE)
+        return StageOutcome(outputs, metrics)
 
     return ctx.run_stage("quantize", inputs, body)
+
+
+def _nncf_ptq(
+    ctx: RunContext,
+    fp32: Path,
+    target: Path,
+    calibration: np.ndarray,
+    validation: tuple[np.ndarray, np.ndarray] | None,
+    keep_float_until: str | None,
+) -> dict[str, Any]:
+    """NNCF PTQ of one model (accuracy-controlled when asked); its record for the metrics."""
+    from edgedistill.compress.nncf_quantize import nncf_accuracy_controlled, nncf_ptq_onnx
+
+    cfg = ctx.recipe.quantize
+    gate = ctx.recipe.gates.int8_max_accuracy_drop
+    options: dict[str, Any] = {
+        "subset_size": cfg.calibration_samples,
+        "reduce_range": cfg.reduce_range,
+        "ignored_types": _ignored_types(fp32, cfg.op_types),
+        "keep_float_until": keep_float_until,
+    }
+    if cfg.accuracy_control and validation is not None:
+        info = nncf_accuracy_controlled(
+            fp32, target, calibration, validation, max_drop=gate, metric=ctx.task.score, **options
+        )
+        path = "ptq-nncf-accuracy-control"
+    else:
+        info = nncf_ptq_onnx(fp32, target, calibration, **options)
+        path = "ptq-nncf"
+    keep = ("nodes_kept_float", "float_layers", "accuracy_drop", "fp32_metric", "int8_metric")
+    return {"path": path, **{k: info[k] for k in keep if k in info}}
+
+
+def _qat_if_needed(
+    ctx: RunContext,
+    source: str,
+    fp32: Path,
+    target: Path,
+    calibration: np.ndarray,
+    validation: tuple[np.ndarray, np.ndarray],
+) -> dict[str, Any]:
+    """Measure PTQ's drop on the validation split; past the gate, QAT + KD replaces it."""
+    gate, threads, score = ctx.recipe.gates.int8_max_accuracy_drop, ctx.threads(), ctx.task.score
+    x, y = validation
+    fp32_metric = score(_onnx_logits(fp32, x, threads), y)
+    ptq_drop = fp32_metric - score(_onnx_logits(target, x, threads), y)
+    record: dict[str, Any] = {"ptq_validation_drop": round(ptq_drop, 4), "gate": gate}
+    if ptq_drop <= gate:
+        return record
+    with tempfile.TemporaryDirectory(prefix="edgedistill-qat-") as tmp:
+        candidate = Path(tmp) / target.name
+        info, _ = _qat(ctx, source, candidate, calibration)
+        qat_drop = fp32_metric - score(_onnx_logits(candidate, x, threads), y)
+        record.update(qat=info, qat_validation_drop=round(qat_drop, 4))
+        if qat_drop < ptq_drop:  # keep whichever INT8 model is better on held-out data
+            atomic_copy(candidate, target)
+            record["path"] = "qat-kd"
+    return record

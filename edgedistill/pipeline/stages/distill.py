@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from rich.markup import escape
 from torch import nn
 
 from edgedistill.artifacts import atomic_write_json, atomic_write_text
@@ -22,6 +23,7 @@ from edgedistill.distill.objective import TEACHER_TERMS, LossTermSpec
 from edgedistill.distill.trainer import TrainSettings, train_student
 from edgedistill.early_exits import exit_logits
 from edgedistill.errors import RecipeError
+from edgedistill.faults import maybe_die
 from edgedistill.metrics import count_macs, count_params, predict_logits
 from edgedistill.pipeline.context import RunContext, StageOutcome
 from edgedistill.progress import progress_bar
@@ -173,6 +175,7 @@ def train_in_stage(
         def on_step(step: int, total: int, text: str) -> None:
             advance(step - last[0], text)
             last[0] = step
+            maybe_die(f"{label}_batch", step)  # tests only
 
         result = train_student(
             model,
@@ -187,6 +190,9 @@ def train_in_stage(
             log_csv=stage_dir / "train_log.csv",
             tensorboard_dir=stage_dir / "tensorboard",
             progress=on_step,
+            warn=lambda message: ctx.console.print(
+                f"[yellow]warning:[/] {escape(message)}", highlight=False, soft_wrap=True
+            ),
         )
     if result.resumed_from_epoch:
         ctx.console.print(f"  resumed {label} from epoch {result.resumed_from_epoch}")

@@ -86,6 +86,8 @@ def stage_pretrain(ctx: RunContext) -> dict[str, Any]:
                 fingerprint=fingerprint,
                 progress=on_step,
             )
+        if result.resumed_from_epoch:
+            ctx.console.print(f"  resumed pretrain from epoch {result.resumed_from_epoch}")
         outputs = save_model(model, recipe.student.arch, stage_dir, "student")
         probes = _probes(ctx, model, embeddings.values[train_idx], embeddings.values[test_idx])
         return StageOutcome(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -9,9 +10,18 @@ import numpy as np
 from rich.markup import escape
 
 from edgedistill.artifacts import atomic_write_json
+from edgedistill.bench.compare import (
+    LatencyComparison,
+    calibrated_reference,
+    compare_latency,
+    current_loadavg,
+    machine_load_warning,
+    reference_workload_ms,
+)
 from edgedistill.bench.env import environment
 from edgedistill.bench.latency import measure_latency
 from edgedistill.pipeline.context import RunContext, StageOutcome
+from edgedistill.pipeline.stages.bundle import final_fp32
 from edgedistill.pipeline.stages.export import DeployedModel, deployed_models, input_dtype
 from edgedistill.pipeline.stages.report import record_measurements
 from edgedistill.progress import progress_bar
@@ -25,12 +35,18 @@ from edgedistill.runtime.registry import (
 
 
 def stage_profile(ctx: RunContext) -> dict[str, Any]:
-    """Latency of every model on every runtime at batch 1 and a batch sweep."""
+    """Latency of every model on every runtime at batch 1 and a batch sweep, the interleaved
+    comparisons the INT8 decision rests on (:func:`_compare`), and a load warning."""
     cfg = ctx.recipe.profile
     upstream = [s for s in ("export", "quantize") if s in ctx.manifests]
-    inputs = {**ctx.output_hashes(*upstream), "profile": cfg.model_dump(mode="json")}
+    inputs = {
+        **ctx.output_hashes(*upstream),
+        "profile": cfg.model_dump(mode="json"),
+        "compare": {"rounds": COMPARE_ROUNDS},  # latency.json gained comparisons: re-measure
+    }
 
     def body(stage_dir: Path, fingerprint: str) -> StageOutcome:
+        load_before = (current_loadavg(), reference_workload_ms())  # see _load_check
         models = deployed_models(ctx)
         skipped = _unavailable(ctx, cfg.runtimes)
         plan: list[tuple[DeployedModel, str, str]] = []
@@ -75,14 +91,17 @@ def stage_profile(ctx: RunContext) -> dict[str, Any]:
                                 **stats,
                             }
                         )
-        latency = {
+        comparisons = [c.to_dict() for c in _compare(ctx, plan, sample[:1])]
+        latency: dict[str, Any] = {
             "environment": environment(cfg.threads),
             "threads": cfg.threads,
             "warmup": cfg.warmup,
             "runs": cfg.runs,
             "entries": entries,
+            "comparisons": comparisons,
             "skipped": [{"runtime": rt, "reason": why} for rt, why in skipped.items()],
         }
+        latency.update(_load_check(ctx, load_before, entries, comparisons, latency["environment"]))
         atomic_write_json(stage_dir / "latency.json", latency)
         b1: dict[tuple[str, str], float] = {
             (str(e["model"]), str(e["runtime"])): float(e["p50"])  # type: ignore[arg-type]
@@ -97,9 +116,99 @@ def stage_profile(ctx: RunContext) -> dict[str, Any]:
                         b1[("teacher", "torch")] / b1[(model.name, "onnxruntime")], 2
                     )
         metrics["stored"] = record_measurements(ctx, models, latency)
+        metrics["comparisons"] = {
+            f"{c['models'][1]} vs {c['models'][0]} ({c['runtime']})": c["decision"]
+            for c in comparisons
+        }
+        metrics["load_warning"] = latency["load_warning"]
         return StageOutcome(["latency.json"], metrics)
 
     return ctx.run_stage("profile", inputs, body)
+
+
+#: Rounds of an interleaved comparison; each runner gets ``profile.runs`` timed calls in all.
+COMPARE_ROUNDS = 20
+
+
+def _compare(
+    ctx: RunContext, plan: list[tuple[DeployedModel, str, str]], x: np.ndarray
+) -> list[LatencyComparison]:
+    """Interleaved batch-1 comparisons (:func:`compare_latency`) of what a decision rests on.
+
+    Each FP32 model against its INT8 sibling on every runtime that measured both (the bundle
+    ships INT8 only when ONNX Runtime's comparison says ``faster``), and the shipped student
+    on each other runtime against the first runtime listed that measured it. Same threads as
+    the sequential rows; ``profile.runs`` timed calls per runner (rounded down to a multiple of
+    ``COMPARE_ROUNDS``), ``profile.warmup`` untimed.
+    """
+    cfg = ctx.recipe.profile
+    measured = {(m.name, rt, p): m for m, rt, p in plan}
+    pairs = [
+        ((m.name, rt, "fp32"), (f"{m.name}-int8", rt, "int8"))
+        for m, rt, p in plan
+        if p == "fp32" and (f"{m.name}-int8", rt, "int8") in measured
+    ]
+    student = [(name, rt, p) for name, rt, p in measured if name == final_fp32(ctx) and p == "fp32"]
+    pairs += [(student[0], other) for other in student[1:]]
+    results = []
+    with progress_bar(ctx.console, "compare", len(pairs)) as advance:
+        for a, b in pairs:
+            advance(0, f"{b[0]} ({b[1]}) vs {a[0]} ({a[1]})")
+            with (
+                _runner(ctx, measured[a], a[1], a[2]) as ra,
+                _runner(ctx, measured[b], b[1], b[2]) as rb,
+            ):
+                found = compare_latency(
+                    ra,
+                    rb,
+                    np.ascontiguousarray(x),
+                    rounds=COMPARE_ROUNDS,
+                    runs_per_round=max(1, cfg.runs // COMPARE_ROUNDS),
+                    warmup=cfg.warmup,
+                    seed=ctx.recipe.seed,
+                )
+            # registry names, not the runner classes' (one class serves several names)
+            results.append(dataclasses.replace(found, runtime_a=a[1], runtime_b=b[1]))
+            advance(1)
+    return results
+
+
+def _load_check(
+    ctx: RunContext,
+    before: tuple[float | None, float],
+    entries: list[dict[str, Any]],
+    comparisons: list[dict[str, Any]],
+    env: dict[str, Any],
+) -> dict[str, Any]:
+    """``load`` (the raw signals) and ``load_warning`` (one line or None) for latency.json,
+    printed to the console when set (:func:`machine_load_warning`).
+
+    The load average is the one read before profiling: during it, the runtimes' own threads
+    count too. The reference workload is timed before and after, against the fastest time
+    this machine has shown in this run folder (``cache/reference_workload.json``).
+    """
+    loadavg, ref_before = before
+    ref_after = reference_workload_ms()
+    machine = f"{env.get('machine')} | {env.get('cpu')} | {env.get('cpu_count')} cores"
+    cache = ctx.out / "cache" / "reference_workload.json"
+    calibrated = calibrated_reference(cache, machine, [ref_before, ref_after])
+    warning = machine_load_warning(
+        loadavg=loadavg,
+        cpu_count=env.get("cpu_count"),
+        reference_ms=[ref_before, ref_after],
+        calibrated_ms=calibrated,
+        entries=entries,
+        comparisons=comparisons,
+    )
+    if warning is not None:
+        ctx.console.print(f"[yellow]• profile: {escape(warning)}[/]")
+    load = {
+        "loadavg_1min": loadavg,
+        "cpu_count": env.get("cpu_count"),
+        "reference_ms": [round(ref_before, 4), round(ref_after, 4)],
+        "reference_calibrated_ms": round(calibrated, 4),
+    }
+    return {"load": load, "load_warning": warning}
 
 
 def _unavailable(ctx: RunContext, runtimes: tuple[str, ...]) -> dict[str, str]:

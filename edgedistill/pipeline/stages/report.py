@@ -14,7 +14,6 @@ from rich.console import Console
 
 from edgedistill.agent.store import Measurement, ResultsStore
 from edgedistill.artifacts import (
-    atomic_copy,
     atomic_write_json,
     atomic_write_text,
     read_json,
@@ -24,7 +23,12 @@ from edgedistill.artifacts import (
 from edgedistill.config import Recipe
 from edgedistill.errors import StageError
 from edgedistill.metrics import count_macs, count_params
-from edgedistill.pipeline.context import MANIFEST, RunContext, StageOutcome
+from edgedistill.pipeline.context import (
+    MANIFEST,
+    RunContext,
+    StageOutcome,
+    write_json_if_changed,
+)
 from edgedistill.pipeline.stages.export import (
     DeployedModel,
     deployed_models,
@@ -39,10 +43,12 @@ from edgedistill.report.devices import (
 )
 from edgedistill.report.pareto import render_device_plots
 from edgedistill.report.render import render_html, render_markdown, render_plot
+from edgedistill.report.sensitivity import add_sensitivity
 
 UPSTREAM = ("pretrain", "distill", "prune", "export", "quantize", "verify", "profile", "bundle")
 RESULTS_STORE = "results.sqlite"
 RECIPE_FILE = "recipe.json"  # the validated recipe, so a finished run can be re-entered
+SENSITIVITY = "sensitivity.json"  # the quantize stage's per-layer INT8 table, when written
 
 
 def latency_b1(ctx: RunContext) -> dict[str, dict[str, dict[str, float]]]:
@@ -57,13 +63,64 @@ def latency_b1(ctx: RunContext) -> dict[str, dict[str, dict[str, float]]]:
     return out
 
 
+def latency_comparison(
+    ctx: RunContext, a: str, b: str, runtime: str = "onnxruntime"
+) -> dict[str, Any] | None:
+    """The profile stage's interleaved comparison of model ``b`` against ``a`` on ``runtime``
+    at batch 1 (a ``latency.json["comparisons"]`` row), or None when there is none (no
+    profile stage, or a latency.json written before comparisons existed)."""
+    if "profile" not in ctx.manifests:
+        return None
+    data = read_json(ctx.output("profile", "latency.json"))
+    for row in data.get("comparisons", []):
+        if row["models"] == [a, b] and row["runtimes"] == [runtime, runtime] and row["batch"] == 1:
+            return dict(row)
+    return None
+
+
 def _recommendation(ctx: RunContext) -> dict[str, Any]:
-    """Which bundled model to ship and why, as the bundle stage decided it."""
+    """Which bundled model to ship and why, as the bundle stage decided it, with the numbers
+    the decision rests on: the interleaved INT8-vs-FP32 comparison in ONNX Runtime (``ratio``
+    = p50 INT8 / p50 FP32, its interval, ``decision``: faster / slower / within_noise, and
+    ``basis``) when the profile stage made one."""
     bundle = ctx.manifests.get("bundle")
     if bundle is None:
         return {}
     metrics = bundle["metrics"]
-    return {"file": metrics["recommended"], "model": metrics["model"], "reason": metrics["reason"]}
+    rec: dict[str, Any] = {
+        "file": metrics["recommended"],
+        "model": metrics["model"],
+        "reason": metrics["reason"],
+    }
+    fp32 = str(metrics["model"]).removesuffix("-int8")
+    comparison = latency_comparison(ctx, fp32, f"{fp32}-int8")
+    if comparison is None:  # no INT8 model, or profiled before comparisons existed
+        return rec
+    rec.update(
+        {
+            "basis": "interleaved comparison",
+            "runtime": comparison["runtime"],
+            "ratio": comparison["ratio"],
+            "ci_low": comparison["ci_low"],
+            "ci_high": comparison["ci_high"],
+            "confidence": comparison["confidence"],
+            "decision": comparison["decision"],
+            "samples": comparison["samples"],
+        }
+    )
+    return rec
+
+
+def _latency_checks(ctx: RunContext) -> dict[str, Any]:
+    """``latency_warning`` (one line when the machine looked busy while profiling, else None)
+    and ``latency_comparisons`` (every interleaved comparison) from latency.json."""
+    if "profile" not in ctx.manifests:
+        return {"latency_warning": None, "latency_comparisons": []}
+    data = read_json(ctx.output("profile", "latency.json"))
+    return {
+        "latency_warning": data.get("load_warning"),
+        "latency_comparisons": data.get("comparisons", []),
+    }
 
 
 def build_summary(ctx: RunContext) -> dict[str, Any]:
@@ -128,6 +185,8 @@ def build_summary(ctx: RunContext) -> dict[str, Any]:
         "metric": task.metric,
         "metric_header": task.metric_info.header,
         "accuracy_metric": _metric_sentence(task),
+        # False: the teacher card pins no sha256 (--allow-unverified-teacher); None: no card.
+        "teacher_verified": ctx.teacher_verified,
         **_pretrain_summary(ctx),
         "models": rows,
         "speedups": speedups,
@@ -135,6 +194,7 @@ def build_summary(ctx: RunContext) -> dict[str, Any]:
         "environment": profile_env,
         "bundle": str(ctx.stage_dir("bundle") / "app"),
         "recommended": _recommendation(ctx),
+        **_latency_checks(ctx),
         "report": str(ctx.stage_dir("report") / "report.html"),
     }
 
@@ -260,6 +320,12 @@ def stage_report(ctx: RunContext) -> dict[str, Any]:
     # Rows a device agent adds after the run change this digest, so the report re-runs then.
     rows = store_rows(ctx)
     inputs["store"] = sha256_json([m.to_dict() for m in rows]) if rows else None
+    sensitivity = ctx.manifests.get("quantize", {}).get("outputs", {}).get(SENSITIVITY)
+    if sensitivity:  # only runs that wrote the table: other runs keep their fingerprint
+        inputs[f"quantize/{SENSITIVITY}"] = sensitivity
+    # Not an input of any model, but the summary reports it: a change re-renders the report.
+    inputs["allow_unverified_teacher"] = ctx.allow_unverified_teacher
+    inputs["teacher_verified"] = ctx.teacher_verified
 
     def body(stage_dir: Path, fingerprint: str) -> StageOutcome:
         summary = build_summary(ctx)
@@ -280,9 +346,10 @@ def stage_report(ctx: RunContext) -> dict[str, Any]:
         header = summary.get("metric_header", "top-1 %")
         markdown = render_markdown(summary, training)
         markdown += "\n" + render_devices_markdown(summary["devices"], header)
-        atomic_write_text(stage_dir / "report.md", markdown)
         page = render_html(summary, training, "accuracy_vs_latency.png")
         page = page.replace("</body>", render_devices_html(summary["devices"], header) + "</body>")
+        markdown, page = add_sensitivity(markdown, page, ctx.stage_dir("quantize") / SENSITIVITY)
+        atomic_write_text(stage_dir / "report.md", markdown)
         atomic_write_text(stage_dir / "report.html", page)
         return StageOutcome(
             ["summary.json", "report.md", "report.html", "accuracy_vs_latency.png", *plots],
@@ -290,15 +357,23 @@ def stage_report(ctx: RunContext) -> dict[str, Any]:
         )
 
     manifest = ctx.run_stage("report", inputs, body)
-    # The root summary.json is a copy users gate CI on; refreshed even when the stage skipped.
-    root = ctx.out / "summary.json"
-    atomic_copy(ctx.stage_dir("report") / "summary.json", root)
-    atomic_write_json(ctx.out / RECIPE_FILE, ctx.recipe.model_dump(mode="json"))
+    # The root summary.json is a copy users gate CI on, checked even when the stage skipped:
+    # its paths are this folder's (a run folder copied elsewhere points at its own bundle),
+    # and it is written only when it differs, so an unchanged re-run writes nothing.
+    summary = read_json(ctx.stage_dir("report") / "summary.json")
+    summary["bundle"] = str(ctx.stage_dir("bundle") / "app")
+    summary["report"] = str(ctx.stage_dir("report") / "report.html")
+    write_json_if_changed(ctx.out / "summary.json", summary)
+    write_json_if_changed(ctx.out / RECIPE_FILE, ctx.recipe.model_dump(mode="json"))
     return manifest
 
 
 def refresh_report(
-    run_dir: Path, *, recipe: Recipe | None = None, console: Console | None = None
+    run_dir: Path,
+    *,
+    recipe: Recipe | None = None,
+    console: Console | None = None,
+    allow_unverified_teacher: bool = False,
 ) -> RunContext:
     """Re-run only the report stage of a finished run, e.g. after a device's rows arrived.
 
@@ -312,6 +387,8 @@ def refresh_report(
         run_dir: The run folder.
         recipe: The run's recipe; default: the ``recipe.json`` the run wrote.
         console: Where progress goes.
+        allow_unverified_teacher: As for :func:`~edgedistill.pipeline.run.run_pipeline`
+            (the run's teacher card has no sha256).
 
     Returns:
         The context: ``executed == ["report"]`` when the report was rewritten.
@@ -328,7 +405,13 @@ def refresh_report(
                 f"(edgedistill profile RECIPE --out {run_dir})"
             )
         recipe = Recipe.from_dict(read_json(path), source=str(path))
-    ctx = RunContext(recipe, run_dir, console=console, version=_package_version())
+    ctx = RunContext(
+        recipe,
+        run_dir,
+        console=console,
+        version=_package_version(),
+        allow_unverified_teacher=allow_unverified_teacher,
+    )
     for stage in UPSTREAM:
         manifest_path = ctx.stage_dir(stage) / MANIFEST
         if not manifest_path.is_file():
@@ -373,6 +456,7 @@ def _package_version() -> str:
 __all__ = [
     "build_summary",
     "latency_b1",
+    "latency_comparison",
     "model_sha256s",
     "record_measurements",
     "refresh_report",
