@@ -378,6 +378,11 @@ from edgedistill.cli.agent import agent_app, device_app  # noqa: E402
 app.add_typer(agent_app, name="agent")
 app.add_typer(device_app, name="device")
 
+from edgedistill.cli.doctor import doctor, version_option  # noqa: E402
+
+app.command()(doctor)
+app.callback()(version_option)
+
 
 def main() -> None:
     """Console-script entry point."""
