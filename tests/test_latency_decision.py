@@ -293,8 +293,6 @@ def test_tiny_run_records_ratio_interval_decision_and_load_warning(
     run_pipeline(Recipe.from_dict(recipe), out, console=Console(file=stream, width=400))
 
     latency = json.loads((out / "profile" / "latency.json").read_text())
-    order = [e["runtime"] for e in latency["entries"]]  # one runtime at a time, recipe order
-    assert order == sorted(order, key=["torch", "onnxruntime"].index) and len(set(order)) == 2
     pairs = {(tuple(c["models"]), c["runtime"]): c for c in latency["comparisons"]}
     assert set(pairs) == {
         (("student", "student-int8"), "onnxruntime"),

@@ -62,11 +62,6 @@ def stage_profile(ctx: RunContext) -> dict[str, Any]:
                     continue
                 for precision in _precisions(spec, model, cfg.precisions):
                     plan.append((model, runtime, precision))
-        # One runtime at a time, OpenVINO last: once loaded, OpenVINO's worker threads keep
-        # spinning after each inference and take the cores the next runtime needs (measured:
-        # the student's torch p90 was 9x its p50 when timed after OpenVINO, 1.1x for ONNX
-        # Runtime; benchmarks/decision_stability.py). Within a runtime, models keep their order.
-        plan.sort(key=lambda row: (row[1] == "openvino", cfg.runtimes.index(row[1])))
         entries: list[dict[str, Any]] = []
         total = len(plan) * len(cfg.batch_sizes) * (cfg.warmup + cfg.runs)
         sample = ctx.x_test.numpy()
