@@ -1,10 +1,25 @@
 """edgedistill: distill large frozen teachers into small students that run on edge devices.
 
 The public API is curated here; everything else is internal and may change.
+
+``edgedistill.run(recipe, out=...)``, ``edgedistill.validate(recipe)`` and one function per
+stage (``edgedistill.api.distill``, ``edgedistill.api.export``, ...) mirror the command line
+(:mod:`edgedistill.api`). The stage functions stay in ``edgedistill.api``: at the top level
+``distill``, ``export`` and ``report`` are subpackages.
 """
 
 __version__ = "0.1.0"
 
+from edgedistill import api
+from edgedistill.api import (
+    ModelResult,
+    Recommendation,
+    RunResult,
+    StageResult,
+    Validation,
+    run,
+    validate,
+)
 from edgedistill.bench import environment, latency_summary, measure_latency, percentile
 from edgedistill.compress import prune_channels, quantize_onnx_static
 from edgedistill.config import Recipe, load_recipe
@@ -50,6 +65,7 @@ __all__ = [
     "KDLoss",
     "LossTermSpec",
     "MissingDependencyError",
+    "ModelResult",
     "MultiExitStudent",
     "Normalization",
     "OnnxRuntimeRunner",
@@ -57,15 +73,20 @@ __all__ = [
     "PairedWindows",
     "Recipe",
     "RecipeError",
+    "Recommendation",
     "RunContext",
+    "RunResult",
     "Runner",
     "StageError",
+    "StageResult",
     "Task",
     "TorchRunner",
     "TrainSettings",
     "UnsafeFileError",
+    "Validation",
     "__version__",
     "agreement",
+    "api",
     "build_model",
     "build_task",
     "check_onnx_file",
@@ -87,7 +108,9 @@ __all__ = [
     "quantize_onnx_static",
     "register_source",
     "register_term",
+    "run",
     "run_pipeline",
     "topk_accuracy",
     "train_student",
+    "validate",
 ]

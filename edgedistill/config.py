@@ -12,10 +12,25 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SerializeAsAny, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    Field,
+    SerializeAsAny,
+    SerializerFunctionWrapHandler,
+    ValidationInfo,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from edgedistill.distill.crossmodal import CROSSMODAL_TERMS
-from edgedistill.distill.terms import LossTerm, TermConfig, parse_term
+from edgedistill.distill.dino_pretrain import DinoSettings
+from edgedistill.distill.terms import (
+    STUDENT_OUTPUTS,
+    TEACHER_INPUTS,
+    LossTerm,
+    TermConfig,
+    parse_term,
+)
 from edgedistill.errors import RecipeError
 from edgedistill.schema import (
     Section,
@@ -166,18 +181,75 @@ class DistillConfig(_Section):
             raise ValueError(f"each term may appear once, got {names}")
         if not terms or sum(t.weight for t in terms) <= 0:
             raise ValueError("at least one term needs a positive weight")
+        # One student forward besides the logits: e.g. rkd (pooled features) and at / fitnets
+        # (stage outputs) cannot train together (the objective skips weight-0 teacher terms).
+        reads: dict[str, list[str]] = {}
+        for t in terms:
+            (output,) = t.needs & STUDENT_OUTPUTS.keys()
+            if output != "logits" and (t.weight > 0 or not t.needs & TEACHER_INPUTS.keys()):
+                reads.setdefault(output, []).append(t.name)
+        if len(reads) > 1 or len(reads.get("model", [])) > 1:
+            parts = "; ".join(f"{', '.join(names)}: {output}" for output, names in reads.items())
+            raise ValueError(
+                f"these terms read different student outputs and cannot be combined ({parts}); "
+                "keep one kind"
+            )
         return terms
 
 
 class PruneConfig(_Section):
-    """Structured channel pruning (torch-pruning) and KD recovery fine-tuning."""
+    """Structured channel pruning (torch-pruning) and KD recovery fine-tuning.
+
+    Give one target: ``target_macs_ratio`` (MACs after / before; 0.7 when neither is given)
+    or ``target_latency``: the pruned student's batch-1 p50, measured on the recipe's first
+    ONNX runtime in ``profile.runtimes`` at ``profile.threads``, as a fraction of the
+    unpruned student's (:mod:`edgedistill.compress.latency_prune`; widths are multiples the
+    runtime is measured to like, so ``round_to`` is not used). ``max_candidates`` bounds the
+    models timed for it. Recipes without ``target_latency`` dump (and fingerprint) exactly
+    as before it existed.
+    """
 
     enabled: bool = True
-    target_macs_ratio: float = Field(default=0.7, gt=0, lt=1)
+    target_macs_ratio: float | None = Field(default=None, gt=0, lt=1)
     round_to: int = Field(default=8, ge=1, le=1_024, description="channels, 1..1,024")
     importance: Literal["l1", "l2"] = "l2"
     finetune_epochs: int = Field(default=4, ge=0, le=MAX_EPOCHS, description="0..10,000")
     finetune_lr: float = Field(default=0.02, gt=0)
+    target_latency: float | None = Field(
+        default=None, gt=0, lt=1, description="fraction of the unpruned student's p50, in (0, 1)"
+    )
+    max_candidates: int = Field(
+        default=64, ge=24, le=1_000, description="models timed by target_latency, 24..1,000"
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_target(cls, raw: Any) -> Any:
+        if not isinstance(raw, dict):
+            return raw
+        macs, latency = raw.get("target_macs_ratio"), raw.get("target_latency")
+        if macs is not None and latency is not None:
+            raise ValueError("give one of target_macs_ratio and target_latency, not both")
+        if latency is None and raw.get("max_candidates") is not None:
+            raise ValueError("max_candidates needs target_latency")
+        if macs is None and latency is None:
+            raw = {**raw, "target_macs_ratio": _DEFAULT_MACS_RATIO}
+        return raw
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # The latency fields appear only when used, so a MACs recipe's dump, and with it the
+        # prune stage's fingerprint and the run's recipe.json, is unchanged.
+        data: dict[str, Any] = handler(self)
+        if self.target_latency is None:
+            data.pop("target_latency", None)
+            data.pop("max_candidates", None)
+        else:
+            data.pop("target_macs_ratio", None)
+        return data
+
+
+_DEFAULT_MACS_RATIO = 0.7
 
 
 class QuantizeConfig(_Section):
@@ -357,14 +429,42 @@ class GatesConfig(_Section):
     parity_samples: int = Field(default=1000, ge=1, le=MAX_SAMPLES, description="1..1,000,000")
 
 
+def _dino(name: str) -> Any:
+    """The default of a :class:`DinoSettings` field (one source for the recipe's defaults)."""
+    return DinoSettings.__dataclass_fields__[name].default
+
+
+class DinoPretrainConfig(_Section):
+    """DINO's options (``pretrain.method: dino``); defaults are :class:`DinoSettings`' (the
+    paper's temperatures and momenta, the official head with BN)."""
+
+    weight_decay: float = Field(default=_dino("weight_decay"), ge=0)
+    out_dim: int = Field(default=_dino("out_dim"), ge=1, le=65_536, description="1..65,536")
+    hidden: int = Field(default=_dino("hidden"), ge=1, le=65_536, description="1..65,536")
+    bottleneck: int = Field(default=_dino("bottleneck"), ge=1, le=65_536, description="1..65,536")
+    student_temp: float = Field(default=_dino("student_temp"), gt=0)
+    teacher_temp: float = Field(default=_dino("teacher_temp"), gt=0)
+    teacher_temp_warmup: float = Field(default=_dino("teacher_temp_warmup"), gt=0)
+    warmup_epochs: int = Field(
+        default=_dino("warmup_epochs"), ge=0, le=MAX_EPOCHS, description="teacher_temp warm-up"
+    )
+    center_momentum: float = Field(default=_dino("center_momentum"), ge=0, lt=1)
+    ema_momentum: float = Field(default=_dino("ema_momentum"), ge=0, le=1)
+    grad_clip: float | None = Field(default=_dino("grad_clip"), gt=0)
+
+
 class PretrainConfig(_Section):
     """Label-free pre-training of the student before ``distill`` (the ``pretrain`` stage).
 
-    ``term`` is a cross-modal term (``comodo``, ``infonce`` or ``l2``) against the cached
-    embeddings of ``teacher.video`` on the paired stream of every training window, labelled or
-    not. The distill stage then starts from the pre-trained weights.
+    ``method: crossmodal`` (default): ``term`` is a cross-modal term (``comodo``, ``infonce``
+    or ``l2``) against the cached embeddings of ``teacher.video`` on the paired stream of every
+    training window, labelled or not. ``method: dino``: DINO self-distillation from the
+    student's own EMA teacher on two augmented views of every training sample (image or IMU
+    tasks; options under ``dino``; ``lr`` is AdamW's, default 0.01). The distill stage then
+    starts from the pre-trained weights.
     """
 
+    method: Literal["crossmodal", "dino"] = "crossmodal"
     term: LossTerm = parse_term(
         {
             "name": "comodo",
@@ -377,6 +477,20 @@ class PretrainConfig(_Section):
     epochs: int = Field(default=20, ge=1, le=MAX_EPOCHS, description="1..10,000")
     batch_size: int = Field(default=64, ge=2, le=MAX_BATCH, description="2..65,536")
     lr: float = Field(default=0.05, gt=0)
+    dino: DinoPretrainConfig | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _method_defaults(cls, raw: Any) -> Any:
+        if not isinstance(raw, dict) or raw.get("method") != "dino":
+            if isinstance(raw, dict) and raw.get("dino") is not None:
+                raise ValueError("dino needs method: dino")
+            return raw
+        if "term" in raw:
+            raise ValueError(
+                "term is for method: crossmodal; DINO's options go under pretrain.dino"
+            )
+        return {"lr": _dino("lr"), **raw, "dino": raw.get("dino") or {}}
 
     @field_validator("term")
     @classmethod
@@ -384,6 +498,21 @@ class PretrainConfig(_Section):
         if term.name not in CROSSMODAL_TERMS:
             raise ValueError(f"must be one of {', '.join(CROSSMODAL_TERMS)} (got {term.name})")
         return term
+
+    @model_validator(mode="after")
+    def _warmup_within_epochs(self) -> PretrainConfig:
+        if self.dino is not None and self.dino.warmup_epochs > self.epochs:
+            raise ValueError(
+                f"dino.warmup_epochs ({self.dino.warmup_epochs}) exceeds epochs ({self.epochs})"
+            )
+        return self
+
+    def dino_settings(self, seed: int) -> DinoSettings:
+        """The :class:`DinoSettings` of ``method: dino``."""
+        options = (self.dino or DinoPretrainConfig()).model_dump()
+        return DinoSettings(
+            epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, seed=seed, **options
+        )
 
 
 class Recipe(_Section):
@@ -421,16 +550,37 @@ class Recipe(_Section):
         return self
 
     @model_validator(mode="after")
+    def _runtime_for_latency_target(self) -> Recipe:
+        if self.prune.target_latency is not None:
+            from edgedistill.compress.latency_meter import target_runtime  # lazy: torch
+
+            try:
+                target_runtime(self.profile.runtimes)
+            except RecipeError as exc:
+                raise ValueError(str(exc)) from None
+        return self
+
+    @model_validator(mode="after")
     def _teacher_for_teacher_terms(self) -> Recipe:
         card_terms = [
             t.name for t in self.distill.terms if t.needs & TEACHER_CARD_NEEDS and t.weight
         ]
         if card_terms and (self.teacher is None or self.teacher.card is None):
             raise ValueError(f"distill.terms {card_terms} need a teacher.card")
-        if self.pretrain is not None and (self.teacher is None or self.teacher.video is None):
-            raise ValueError("pretrain needs teacher.video (the teacher of the paired stream)")
-        if self.pretrain is not None and self.data.source != "paired":
-            raise ValueError("pretrain needs paired data (data.source: paired)")
+        method = None if self.pretrain is None else self.pretrain.method
+        video = self.teacher is not None and self.teacher.video is not None
+        if method == "crossmodal" and not video:
+            raise ValueError(
+                "pretrain needs teacher.video (the teacher of the paired stream); without one "
+                "use pretrain.method: dino"
+            )
+        if method == "crossmodal" and self.data.source != "paired":
+            raise ValueError(
+                "pretrain needs paired data (data.source: paired); for other data use "
+                "pretrain.method: dino"
+            )
+        if method == "dino" and video:
+            raise ValueError("pretrain.method: dino uses no teacher.video; remove teacher.video")
         return self
 
     @classmethod

@@ -152,3 +152,30 @@ def test_memory_bad_input_raises() -> None:
         memory.get(torch.zeros(2, 2, dtype=torch.long))
     with pytest.raises(ValueError, match="1-D"):
         memory.get(torch.tensor([0.0, 1.0]))
+
+
+def test_term_matches_the_official_loop_over_a_full_run() -> None:
+    """PSKDTerm against the official training loop (lgcnsai/PS-KD-Pytorch main.py), written
+    out: memory = one-hot at epoch 0, α_t = α_T·(e + 1)/E, target (1 − α_t)·onehot + α_t·memory,
+    memory <- softmax of the training forward after the loss."""
+    from edgedistill.distill.pskd import PSKDConfig, PSKDTerm
+    from edgedistill.distill.terms import TermBatch, TermContext
+
+    epochs, n, k = 4, 6, 3
+    torch.manual_seed(2)
+    targets = torch.randint(0, k, (n,))
+    logits_per_epoch = [torch.randn(n, k) for _ in range(epochs)]
+    term = PSKDTerm(PSKDConfig(name="pskd", weight=1.0), TermContext(n, k))
+    official = torch.zeros(n, k)
+    for epoch, logits in enumerate(logits_per_epoch):
+        alpha_t = 0.8 * (epoch + 1) / epochs
+        if epoch == 0:
+            official = F.one_hot(targets, k).float()
+        soft = (1 - alpha_t) * F.one_hot(targets, k).float() + alpha_t * official
+        official = F.softmax(logits, dim=1)
+        for half in (slice(0, 3), slice(3, 6)):  # two batches, same per-sample result
+            batch = TermBatch(targets[half], torch.arange(n)[half], {}, logits=logits[half])
+            got = term.loss(batch, epoch, epochs)
+            want = -(soft[half] * F.log_softmax(logits[half], dim=1)).sum(1).mean()
+            assert float(got) == pytest.approx(float(want), rel=1e-6), epoch
+    assert pskd_alpha(epochs - 1, epochs) == pytest.approx(0.8)  # reaches α_T at the end

@@ -270,7 +270,8 @@ def test_allow_unverified_teacher_runs_and_the_summary_says_so(
     refused = runner.invoke(app, ["run", str(recipe), "--out", str(out)])
     assert refused.exit_code == 2 and len(_error_lines(refused.stderr)) == 1
 
-    # Pinning the (same) file: every model stage is unchanged, only the report re-runs.
+    # Pinning the (same) file: every model stage is unchanged; the bundle (whose README states
+    # the card's pinned sha256) and the report re-run.
     digest = sha256_file(card.parent / "teacher.safetensors")
     card.write_text(card.read_text() + f"sha256: '{digest}'\n")
     again = runner.invoke(
@@ -279,6 +280,6 @@ def test_allow_unverified_teacher_runs_and_the_summary_says_so(
     assert again.exit_code == 0, again.output
     assert not any(line.startswith("warning:") for line in again.stderr.splitlines())
     skipped = [line for line in again.stderr.splitlines() if "unchanged, skipped" in line]
-    assert len(skipped) == 8  # every stage but the report
+    assert len(skipped) == 7  # every stage but the bundle and the report
     assert json.loads((out / "summary.json").read_text())["teacher_verified"] is True
     assert "Teacher not verified" not in (out / "report" / "report.md").read_text()

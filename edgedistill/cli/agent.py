@@ -19,6 +19,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from edgedistill.cli.help import examples
+
 if TYPE_CHECKING:
     from edgedistill.agent.client import DeviceResults
 
@@ -65,7 +67,7 @@ def is_loopback(host: str) -> bool:
             return False
 
 
-@agent_app.command("serve")
+@agent_app.command("serve", epilog=examples("agent serve"))
 def serve_command(
     state: Annotated[Path, typer.Option("--state", help="State folder (uploads, jobs, results).")],
     host: Annotated[str, typer.Option("--host", help="Interface to bind.")] = "127.0.0.1",
@@ -80,6 +82,9 @@ def serve_command(
     from edgedistill.cli.app import _user_errors, console
 
     with _user_errors(debug):
+        from edgedistill.cli.inputs import check_state_path
+
+        check_state_path(state)  # a wrong --state first: it needs no extra installed
         from edgedistill.agent.client import read_token
         from edgedistill.agent.server import serve
 
@@ -135,7 +140,7 @@ def collect_models(path: Path) -> dict[str, Path]:
     raise AgentError(f"{path}: give a bundle folder, a run folder or an .onnx file")
 
 
-@device_app.command("profile")
+@device_app.command("profile", epilog=examples("device profile"))
 def profile_command(
     path: Annotated[
         Path, typer.Argument(help="Bundle folder, run folder or .onnx file.", show_default=False)
@@ -166,7 +171,9 @@ def profile_command(
     with _user_errors(debug):
         from edgedistill.agent.client import profile_on_device, read_token
         from edgedistill.agent.store import ResultsStore
+        from edgedistill.cli.inputs import check_profile_path
 
+        check_profile_path(path)
         token = read_token(token_file)
         models = collect_models(path)
         if not models:
@@ -241,7 +248,7 @@ def _print_results(result: DeviceResults, store: Path) -> None:
     out.print(f"{len(result.measurements)} row(s) appended to {store}")
 
 
-@device_app.command("environment")
+@device_app.command("environment", epilog=examples("device environment"))
 def environment_command(
     device: DeviceOpt, token_file: TokenFileOpt = None, debug: DebugOpt = False
 ) -> None:

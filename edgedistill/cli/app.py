@@ -20,15 +20,18 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from edgedistill.cli.help import examples, show_flags_as_flags
 from edgedistill.errors import EdgeDistillError
 
 if TYPE_CHECKING:
     from edgedistill.config import Recipe
 
+show_flags_as_flags()  # `--force`, not `--force <bool>` (typer 0.29); see cli/help.py
 app = typer.Typer(
-    add_completion=False,
+    add_completion=True,  # edgedistill --install-completion (docs/cli.md)
     no_args_is_help=True,
     help="Distill, prune, quantize, export, verify, profile and bundle a student model.",
+    epilog=examples(""),
     pretty_exceptions_enable=False,
 )
 console = Console(stderr=True)
@@ -79,6 +82,21 @@ def _user_errors(debug: bool) -> Iterator[None]:
         raise typer.Exit(1) from None
 
 
+def _load(recipe_path: Path, target: Path | None, command: str) -> Recipe:
+    """The recipe of ``command``; a target profile, teacher card, run folder or model given in
+    the wrong place is refused with the command that takes it (exit 2)."""
+    from edgedistill.cli.inputs import check_has_pretrain, check_recipe_path, check_target_path
+    from edgedistill.config import load_recipe
+
+    check_recipe_path(recipe_path, command)
+    if target is not None:
+        check_target_path(target)
+    recipe = load_recipe(recipe_path, target=target)
+    if command == "pretrain":
+        check_has_pretrain(recipe.pretrain is not None, recipe_path)
+    return recipe
+
+
 def _execute(
     recipe_path: Path,
     out: Path | None,
@@ -87,8 +105,8 @@ def _execute(
     debug: bool,
     target: Path | None = None,
     allow_unverified_teacher: bool = False,
+    command: str | None = None,
 ) -> Path:
-    from edgedistill.config import load_recipe
     from edgedistill.distill.ddp import init_from_environment, shutdown
     from edgedistill.pipeline.context import prepare_run_folder
     from edgedistill.pipeline.run import run_pipeline
@@ -98,7 +116,7 @@ def _execute(
     if not ddp.is_main:
         console.quiet = True
     with _user_errors(debug):
-        recipe = load_recipe(recipe_path, target=target)
+        recipe = _load(recipe_path, target, command or until)
         out_dir = out or Path("runs") / recipe.name
         prepare_run_folder(out_dir)  # a bad --out is one line before anything else is printed
         console.print(
@@ -157,7 +175,9 @@ def _stage_command(stage: str, doc: str) -> None:
         _execute(recipe, out, stage, force, debug, target, allow_unverified_teacher)
 
     command.__doc__ = doc
-    app.command(name=stage)(_profile_command if stage == "profile" else command)
+    app.command(name=stage, epilog=examples(stage))(
+        _profile_command if stage == "profile" else command
+    )
 
 
 # ---- profile on a device agent too (edgedistill profile RECIPE --device URL) ---------------
@@ -206,7 +226,7 @@ def _profile_on_device(
     """Measure the run's models on the agent at ``url`` (or the target's), then re-render the
     report with that device's table and plot."""
     from edgedistill.agent.client import read_token
-    from edgedistill.config import load_recipe, load_target
+    from edgedistill.config import load_target
     from edgedistill.pipeline.device import profile_run_on_device
     from edgedistill.pipeline.stages.report import refresh_report
     from edgedistill.runtime.registry import RUNTIMES
@@ -219,7 +239,7 @@ def _profile_on_device(
     token_env = target_device.token_env if target_device is not None else ""
     env_token = os.environ.get(token_env, "").strip() if token_env else ""
     token = env_token if token_file is None and env_token else read_token(token_file)
-    recipe = load_recipe(recipe_path, target=target)
+    recipe = _load(recipe_path, target, "profile")
     cfg = recipe.profile
     # The agent measures ONNX files: runtimes that take a torch module stay local. INT8 is the
     # quantize stage's QDQ models; keep only precisions one of the runtimes offers.
@@ -270,7 +290,7 @@ for _stage, _doc in (
     _stage_command(_stage, _doc)
 
 
-@app.command()
+@app.command(epilog=examples("run"))
 def run(
     recipe: RecipeArg,
     out: OutOpt = None,
@@ -279,12 +299,15 @@ def run(
     debug: DebugOpt = False,
     allow_unverified_teacher: UnverifiedOpt = False,
 ) -> None:
-    """Run the whole chain: pretrain → distill → prune → export → quantize → verify → profile →
-    bundle → report."""
-    _execute(recipe, out, "report", force, debug, target, allow_unverified_teacher)
+    """Run the whole chain, from pretrain to report.
+
+    pretrain → distill → prune → export → quantize → verify → profile → bundle → report;
+    stages whose inputs are unchanged are skipped, so a second run resumes where one stopped.
+    """
+    _execute(recipe, out, "report", force, debug, target, allow_unverified_teacher, "run")
 
 
-@app.command()
+@app.command(epilog=examples("validate"))
 def validate(
     recipe: RecipeArg,
     target: TargetOpt = None,
@@ -296,10 +319,8 @@ def validate(
     Loads the data, builds the student and the teacher (hash checked) and runs each on two
     samples, then estimates how long training takes on this machine.
     """
-    from edgedistill.config import load_recipe
-
     with _user_errors(debug):
-        parsed = load_recipe(recipe, target=target)
+        parsed = _load(recipe, target, "validate")
         _check_teacher_card(parsed, allow_unverified_teacher)
         lines = _check_run(parsed, allow_unverified_teacher)
     console.print(
@@ -370,17 +391,21 @@ def _check_teacher_card(recipe: Recipe, allow_unverified: bool) -> None:
 
 
 # Kept for the cross-modal recipe's old command line: the same command as ``run``.
-app.command(name="crossmodal", help="Alias of run.")(run)
+app.command(name="crossmodal", help="Alias of run.", epilog=examples("crossmodal"))(run)
 
 # The device agent (edgedistill agent serve) and its client (edgedistill device ...).
 from edgedistill.cli.agent import agent_app, device_app  # noqa: E402
 
-app.add_typer(agent_app, name="agent")
-app.add_typer(device_app, name="device")
+app.add_typer(agent_app, name="agent", epilog=examples("agent"))
+app.add_typer(device_app, name="device", epilog=examples("device"))
 
 from edgedistill.cli.doctor import doctor, version_option  # noqa: E402
 
-app.command()(doctor)
+app.command(epilog=examples("doctor"))(doctor)
+
+from edgedistill.cli.init import init_command  # noqa: E402
+
+app.command(name="init", epilog=examples("init"))(init_command)
 app.callback()(version_option)
 
 

@@ -12,14 +12,29 @@ Only spatial positions are compared, so student and teacher channel counts may d
 The paper sums over channels (identical after normalisation) and writes the unsquared p-norm
 of the difference, weighted by β/2; the authors' code squares it and averages over batch *and*
 positions (i.e. it is this loss divided by the number of positions), with β = 1000. Here the
-squared distance is summed over positions and averaged over the batch; scale β accordingly.
+squared distance is summed over positions and averaged over the batch; scale β accordingly,
+or pass ``reduction="mean"`` for the authors' per-position mean.
+
+Recipe term ``at`` (:class:`ATTerm`): for each pair (student stage j, teacher layer) of
+``pairs``, the paper's sum over the transferred groups as in the authors' code,
+
+    L = β/2 · Σ_j mean_{b, positions} (Q_s,j − Q_t,j)²,   β = 1000 by default,
+
+on the student's ``forward_intermediates`` stage outputs and the cached teacher layers.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any, Literal
+
 import torch
 import torch.nn.functional as F
+from pydantic import Field, model_validator
 from torch import nn
+
+from edgedistill.distill.terms import Term, TermBatch, TermConfig, register_term, shape_probe
+from edgedistill.schema import Section
 
 
 def _check_p(p: float) -> None:
@@ -68,7 +83,11 @@ def attention_map(feat: torch.Tensor, *, p: float = 2) -> torch.Tensor:
 
 
 def at_loss(
-    student_feat: torch.Tensor, teacher_feat: torch.Tensor, *, p: float = 2
+    student_feat: torch.Tensor,
+    teacher_feat: torch.Tensor,
+    *,
+    p: float = 2,
+    reduction: Literal["sum", "mean"] = "sum",
 ) -> torch.Tensor:
     """Attention-transfer loss between a student and a teacher feature.
 
@@ -82,16 +101,21 @@ def at_loss(
         teacher_feat: [B, C_t, H_t, W_t] or [B, C_t, T_t] teacher feature of the same rank and
             batch size; channels may differ. Treated as a constant (no gradient).
         p: exponent (>= 1) of the attention map.
+        reduction: "sum" over the compared positions (then the batch mean), or "mean" over
+            them (the authors' code: the squared difference averaged over batch and positions).
 
     Returns:
-        Scalar tensor: mean over the batch of ‖Q_s − Q_t‖₂², in [0, 2] (the maps are non-negative).
-        Zero when the two attention maps are equal.
+        Scalar tensor: mean over the batch of ‖Q_s − Q_t‖₂², in [0, 2] (the maps are non-negative);
+        divided by the number of compared positions with ``reduction="mean"``. Zero when the
+        two attention maps are equal.
 
     Raises:
         ValueError: on unsupported or differing ranks, differing batch sizes, empty features,
-            or p < 1.
+            p < 1 or an unknown reduction.
     """
     _check_p(p)
+    if reduction not in ("sum", "mean"):
+        raise ValueError(f"reduction must be 'sum' or 'mean', got {reduction!r}")
     student = _energy(student_feat, p, "student_feat")
     teacher = _energy(teacher_feat.detach(), p, "teacher_feat")
     if student_feat.dim() != teacher_feat.dim():
@@ -105,7 +129,8 @@ def at_loss(
         )
     size = [min(a, b) for a, b in zip(student.shape[1:], teacher.shape[1:], strict=True)]
     student, teacher = _pool_to(student, size), _pool_to(teacher, size)
-    return (_normalise(student) - _normalise(teacher)).pow(2).sum(dim=1).mean()
+    squared = (_normalise(student) - _normalise(teacher)).pow(2)
+    return squared.mean() if reduction == "mean" else squared.sum(dim=1).mean()
 
 
 class ATLoss(nn.Module):
@@ -118,3 +143,88 @@ class ATLoss(nn.Module):
 
     def forward(self, student_feat: torch.Tensor, teacher_feat: torch.Tensor) -> torch.Tensor:
         return at_loss(student_feat, teacher_feat, p=self.p)
+
+
+class ATPair(Section):
+    """One transferred group: the student stage ``student_stage`` (an index into
+    ``forward_intermediates``' stage outputs) against the teacher layer ``teacher_tap``."""
+
+    student_stage: int
+    teacher_tap: str = Field(min_length=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_list(cls, value: Any) -> Any:
+        if isinstance(value, list | tuple):  # the [stage, tap] shorthand
+            if len(value) != 2:
+                raise ValueError(f"a pair is [student_stage, teacher_tap], got {list(value)}")
+            return {"student_stage": value[0], "teacher_tap": value[1]}
+        return value
+
+
+class ATConfig(TermConfig):
+    """Options of the ``at`` term."""
+
+    pairs: tuple[ATPair, ...] = Field(
+        default=(),
+        description="[{student_stage, teacher_tap}, ...] or [[stage, tap], ...]",
+    )
+    beta: float = Field(default=1000.0, gt=0, description="the paper's β (authors' code: 1000)")
+    p: float = Field(default=2.0, ge=1, description="exponent of the attention map")
+    hint_size: int | None = Field(
+        default=None, ge=1, description="average-pool cached teacher maps to this size"
+    )
+
+    @model_validator(mode="after")
+    def _some_pairs(self) -> ATConfig:
+        if not self.pairs:
+            raise ValueError("an at term needs pairs: [[student_stage, teacher_tap], ...]")
+        return self
+
+
+@register_term("at")
+class ATTerm(Term[ATConfig]):
+    """``at``: β/2 · Σ over ``pairs`` of :func:`at_loss` (``reduction="mean"``) between a student
+    stage output and a cached teacher layer; channels may differ, spatial sizes are pooled to
+    the smaller. No trainable part."""
+
+    config = ATConfig
+    needs = frozenset({"intermediates", "teacher_features"})
+
+    def teacher_taps(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(pair.teacher_tap for pair in self.options.pairs))
+
+    def setup(
+        self, model: nn.Module, sample: torch.Tensor, teacher_features: Mapping[str, Any]
+    ) -> None:
+        _, feats = shape_probe(model, "forward_intermediates", sample)
+        for pair in self.options.pairs:
+            if pair.teacher_tap not in teacher_features:
+                raise ValueError(f"at needs the cached teacher feature '{pair.teacher_tap}'")
+            try:
+                student = feats[pair.student_stage]
+            except IndexError:
+                raise ValueError(
+                    f"at student_stage {pair.student_stage}: the student has {len(feats)} stages"
+                ) from None
+            teacher = teacher_features[pair.teacher_tap]
+            if student.dim() != len(teacher.shape) or student.dim() not in (3, 4):
+                raise ValueError(
+                    f"at pair ({pair.student_stage}, {pair.teacher_tap}): student stage "
+                    f"{tuple(student.shape[1:])} and teacher layer {tuple(teacher.shape[1:])} "
+                    "must both be [C, T] or [C, H, W] maps"
+                )
+        return None
+
+    def loss(self, batch: TermBatch, epoch: int, total_epochs: int) -> torch.Tensor:
+        assert batch.intermediates is not None
+        groups = [
+            at_loss(
+                batch.intermediates[pair.student_stage],
+                batch.teacher[pair.teacher_tap],
+                p=self.options.p,
+                reduction="mean",
+            )
+            for pair in self.options.pairs
+        ]
+        return self.options.beta / 2 * torch.stack(groups).sum()

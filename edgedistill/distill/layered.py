@@ -10,10 +10,13 @@ with cross-entropy, KD from the deepest exit and an L2 hint towards the deepest 
 
 with z_N and f_N treated as constants in the KD and hint terms.
 
-LSSKD, after Yang, An, Cai, Xu. "Hierarchical Self-supervised Augmented Knowledge Distillation"
-(HSAKD), IJCAI 2021 (arXiv:2107.13715), applied to self-distillation: every exit predicts a joint
-label over K·M classes, class × input transformation, so the KD term transfers the deepest exit's
-joint distribution. Joint label of class y under transformation m: ``y·M + m``.
+Joint-labels-on-every-exit variant (``transforms`` = "rotate4" | "imu"): every exit, the
+deployed one included, predicts a joint label over K·M classes, class × input transformation
+(joint label of class y under transformation m: ``y·M + m``), so the KD term transfers the
+deepest exit's joint distribution. This is NOT LSSKD / HSAKD, where only auxiliary heads carry
+joint labels and the main head keeps the plain labels: that is the ``lsskd`` term
+(:mod:`edgedistill.distill.lsskd`). The variant is kept for existing recipes; measured on
+Fashion-MNIST it scored below plain cross-entropy (BENCHMARKS.md).
 
 Layout (shared by every helper here): a transformed batch is stacked transform-major, row
 ``m·B + b`` holds transformation m of sample b, and transformation 0 is always the identity, so
@@ -217,7 +220,8 @@ class LayeredConfig(TermConfig):
     """Options of the ``layered`` term."""
 
     transforms: Literal["none", "rotate4", "imu"] = Field(
-        default="none", description="self-supervised input transformations"
+        default="none",
+        description="joint labels on every exit incl. the deployed one (not LSSKD: see lsskd)",
     )
     exit_kd_weight: float = Field(default=1.0, ge=0, description="exit KD weight")
     feature_weight: float = Field(default=0.0, ge=0, description="feature hint weight")

@@ -13,13 +13,27 @@ Huber is smooth-L1 with δ = 1 (½x² for |x| < 1, |x| − ½ otherwise). As in 
 (github.com/lenscape/RKD, ``metric/loss.py``) the means run over all B² / B³ index tuples,
 including degenerate ones (i = j, or j equal to i or k) whose value is 0 for both networks;
 the default weights (25 and 50) are those used with this normalisation by mdistiller.
+
+Recipe term ``rkd``: for classification the paper applies the losses to the output of the final
+pooling layer, i.e. the penultimate embedding of both networks (as mdistiller does with its
+``pooled_feat``), not to the logits. :class:`RKDTerm` therefore reads the student's pooled
+features (``forward_features``, [B, D_s]) and the cached teacher layer ``teacher_tap`` (default
+``pool``, the global pooling of this project's CNN teachers; a map is average-pooled to
+``hint_size`` before caching, globally by default). ``teacher_tap: logits`` uses the teacher's
+cached logits instead, a common variant.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import torch
 import torch.nn.functional as F
+from pydantic import Field, model_validator
 from torch import nn
+
+from edgedistill.distill.terms import Term, TermBatch, TermConfig, register_term
 
 _EPS = 1e-12
 
@@ -152,4 +166,57 @@ class RKDLoss(nn.Module):
             teacher_emb,
             distance_weight=self.distance_weight,
             angle_weight=self.angle_weight,
+        )
+
+
+class RKDConfig(TermConfig):
+    """Options of the ``rkd`` term (weights as in :func:`rkd_loss`)."""
+
+    distance_weight: float = Field(default=25.0, ge=0, description="weight of L_D (>= 0)")
+    angle_weight: float = Field(default=50.0, ge=0, description="weight of L_A (>= 0)")
+    teacher_tap: str = Field(
+        default="pool",
+        min_length=1,
+        description="teacher layer of the embedding (the penultimate pooling), or logits",
+    )
+    hint_size: int | None = Field(
+        default=1, ge=1, description="average-pool a cached teacher map to this size"
+    )
+
+    @model_validator(mode="after")
+    def _some_weight(self) -> RKDConfig:
+        if self.distance_weight + self.angle_weight <= 0:
+            raise ValueError("rkd needs distance_weight or angle_weight > 0")
+        return self
+
+
+@register_term("rkd")
+class RKDTerm(Term[RKDConfig]):
+    """``rkd``: :func:`rkd_loss` between the student's pooled features [B, D_s] and the cached
+    teacher embedding ``teacher_tap`` [B, D_t] (flattened). A batch too small for the enabled
+    losses (fewer than 3 samples with the angle loss, 2 without) contributes nothing."""
+
+    config = RKDConfig
+    needs = frozenset({"features", "teacher_features"})
+
+    def teacher_taps(self) -> tuple[str, ...]:
+        return (self.options.teacher_tap,)
+
+    def setup(
+        self, model: nn.Module, sample: torch.Tensor, teacher_features: Mapping[str, Any]
+    ) -> None:
+        if self.options.teacher_tap not in teacher_features:
+            raise ValueError(f"rkd needs the cached teacher feature '{self.options.teacher_tap}'")
+        return None
+
+    def loss(self, batch: TermBatch, epoch: int, total_epochs: int) -> torch.Tensor | None:
+        assert batch.features is not None
+        teacher = batch.teacher[self.options.teacher_tap]  # "logits": the cached logits
+        if len(batch.features) < (3 if self.options.angle_weight > 0 else 2):
+            return None
+        return rkd_loss(
+            batch.features,
+            teacher,
+            distance_weight=self.options.distance_weight,
+            angle_weight=self.options.angle_weight,
         )

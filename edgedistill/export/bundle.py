@@ -78,6 +78,9 @@ def write_bundle(
     metrics: Mapping[str, Any],
     latency: Mapping[str, Any],
     metric: str = "top1",
+    environment: Mapping[str, Any] | None = None,
+    verify: Mapping[str, Any] | None = None,
+    teacher: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Write the bundle into ``folder``; ``manifest.json`` last, so its presence means done.
 
@@ -102,6 +105,13 @@ def write_bundle(
             :data:`~edgedistill.tasks.task.METRICS`); ``pitch_rpa`` bundles a pitch tracker
             (``example.py`` prints a WAV file's pitch track, the manifest says how to decode
             the 360 bin scores).
+        environment: The machine the latency was measured on (the profile stage's
+            ``latency.json["environment"]``: cpu, cpu_count, threads, platform, libraries), or
+            None when nothing was profiled.
+        verify: The verify gates the bundled models passed
+            (:func:`~edgedistill.export.bundle_readme.verify_gates`), or None.
+        teacher: Where the teacher came from and its licence
+            (:func:`~edgedistill.export.bundle_readme.teacher_provenance`), or None.
 
     Returns:
         The manifest that was written.
@@ -146,6 +156,9 @@ def write_bundle(
         "labels": [str(label) for label in labels],
         "metrics": dict(metrics),
         "latency": dict(latency),
+        "environment": None if environment is None else dict(environment),
+        "verify": None if verify is None else dict(verify),
+        "teacher": None if teacher is None else dict(teacher),
         "samples": {
             "files": list(sample_files),
             "default": sample_files[0],
@@ -154,10 +167,16 @@ def write_bundle(
         },
     }
     manifest = _plain(manifest)
+    # The README lists every other file with its size and sha256, so those are final first.
+    listed = sorted([*models, *sample_files, EXAMPLE])
+    manifest["files"] = {file: sha256_file(folder / file) for file in listed}
+    manifest["file_bytes"] = {file: (folder / file).stat().st_size for file in listed}
     atomic_write_bytes(folder / README, readme(manifest).encode("utf-8"))
-    written = [*models, *sample_files, EXAMPLE, README]
+    written = [*listed, README]
     for stale in sorted(previous - set(written)):
         (folder / stale).unlink(missing_ok=True)
+    del manifest["files"], manifest["file_bytes"]  # re-added last, README included
+    manifest["file_bytes"] = {file: (folder / file).stat().st_size for file in sorted(written)}
     manifest["files"] = {file: sha256_file(folder / file) for file in sorted(written)}
     atomic_write_json(folder / MANIFEST, manifest)
     return manifest

@@ -40,7 +40,7 @@ degrees for radians per second) are refused; --trust-input skips that check.
     "audio": r'''"""Classify a WAV clip with only numpy, onnxruntime and Python's wave module.
 
     python example.py                      # the bundled sample.wav (true label printed)
-    python example.py clip.wav             # any integer-PCM WAV: 8/16/24/32 bit, any channels
+    python example.py clip.wav             # any integer-PCM WAV: 16/24/32 bit, any channels
     python example.py clip.wav --model model-int8.onnx     # default: the recommended model
 
 Channels are averaged to mono, other rates resampled, the clip cut or zero-padded to length.
@@ -72,7 +72,7 @@ Tokenised as manifest.json's input.tokenizer says (UTF-8 bytes + 1, padding 0).
 ''',
 }
 
-# Standard-library modules of each program (the shared helpers need the first four).
+# Standard-library modules of each program besides the five the shared helpers need.
 _IMPORTS = {
     "image": (),
     "imu": ("csv",),
@@ -111,10 +111,15 @@ try:
     import numpy as np
 except ImportError:
     fail("this example needs numpy: pip install numpy onnxruntime")
-try:
-    import onnxruntime as ort
-except ImportError:
-    fail("this example needs onnxruntime: pip install onnxruntime")
+
+
+def onnxruntime():
+    """The onnxruntime module, imported only when a model runs (--help needs numpy alone)."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        fail("this example needs onnxruntime: pip install onnxruntime")
+    return ort
 
 
 def read_manifest():
@@ -140,7 +145,27 @@ class Parser(argparse.ArgumentParser):
 
 
 def parser(description):
-    p = Parser(description=description)
+    """The command line of this program: ``description`` and what this bundle holds on top of
+    --help, the usage examples of this file's docstring below it."""
+    names = LABELS if len(LABELS) <= 12 else [*LABELS[:3], "...", *LABELS[-2:]]
+    pitch = (MANIFEST.get("metric") or {}).get("name") == "pitch_rpa"
+    kind = "pitch bins" if pitch else "classes"
+    about = (
+        f"{description} Bundle {MANIFEST.get('name', '')!r}: {len(LABELS)} {kind} "
+        f"({', '.join(names)}); input and numbers are described in README.md next to this file."
+    )
+    examples = (__doc__ or "").strip().partition("\n")[2]
+    epilog = (
+        "examples (run in the bundle folder):\n"
+        + examples.strip("\n")
+        + f"\n\nThe bundled sample is {MANIFEST['samples']['default']}; "
+        "python example.py with no file classifies it."
+    )
+    p = Parser(
+        description=textwrap.fill(about, 88),
+        epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     models = ", ".join(sorted(MANIFEST["models"]))
     p.add_argument("--model", default=MANIFEST["recommended"], help=f"one of {models}")
     return p
@@ -194,6 +219,7 @@ def run_model(name, x):
     expected = MANIFEST.get("files", {}).get(name)
     if expected and hashlib.sha256(path.read_bytes()).hexdigest() != expected:
         fail(f"{name} does not match its sha256 in manifest.json; the bundle is damaged")
+    ort = onnxruntime()
     try:
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         feed = SPEC["name"]
@@ -241,7 +267,7 @@ if __name__ == "__main__":
 
 def _program(modality: str) -> str:
     """The docstring, the sorted imports, the shared helpers, the reader and the entry."""
-    modules = sorted(("argparse", "hashlib", "json", "sys", *_IMPORTS[modality]))
+    modules = sorted(("argparse", "hashlib", "json", "sys", "textwrap", *_IMPORTS[modality]))
     imports = "\n" + "".join(f"import {m}\n" for m in modules)
     parts = (_COMMON, READERS[modality], _TAIL)
     return _HEADS[modality] + imports + "\n\n\n".join(p.strip("\n") for p in parts) + "\n"

@@ -2,10 +2,17 @@
 
 :class:`MultiExitStudent` wraps any :class:`~edgedistill.students.base.PooledClassifier` (the
 ``convnet`` vision family, ``imu_cnn``, ``imu_tcn``, ...) and attaches an :class:`ExitHead` after
-every stage but the last. With ``num_transforms`` M > 1 every exit, the backbone's own classifier
-included, predicts joint labels over K·M classes (class × input transformation, see
-:mod:`edgedistill.distill.layered`); class scores are the identity-transform slice, columns y·M.
-Train with :func:`~edgedistill.distill.layered.layered_sd_loss` on :meth:`forward_exits` (and
+every stage but the last. With ``num_transforms`` M > 1 the exits predict joint labels over K·M
+classes (class × input transformation, see :mod:`edgedistill.distill.layered`). Two layouts:
+
+* ``joint_main=True`` (the ``layered`` term's joint variant): the backbone's own classifier is a
+  joint head too; class scores are its identity-transform slice, columns y·M.
+* ``joint_main=False`` with ``last_stage_exit=True`` (LSSKD / HSAKD, the ``lsskd`` term): only
+  the auxiliary heads are joint, one after every stage including the last; the backbone keeps
+  its plain K-class classifier, which is what is deployed.
+
+Train with :func:`~edgedistill.distill.layered.layered_sd_loss` or
+:func:`~edgedistill.distill.lsskd.lsskd_loss` on :meth:`forward_exits` (and
 :meth:`forward_exit_features` for hints); deploy with :meth:`MultiExitStudent.to_deploy`.
 """
 
@@ -88,15 +95,26 @@ class MultiExitStudent(nn.Module):
             head with K·M outputs when M > 1; its ``config`` keeps ``num_classes`` = K).
         num_transforms: M transformations of the joint labels; 1 = plain BYOT exits over K.
         head_width: Channels of every exit head's 1×1 conv; default the stage's own width.
+        joint_main: With M > 1, whether the backbone's classifier predicts the K·M joint labels
+            too (True, the ``layered`` joint variant) or keeps its K classes (False, LSSKD).
+        last_stage_exit: Also attach a (training-only) auxiliary head after the last stage, as
+            HSAKD does; it is never deployed (the backbone's classifier is the deepest exit).
 
     Shapes:
-        forward: input -> [B, K], the deepest exit's identity-transform slice.
-        forward_exits: input -> N tensors [B, K·M], shallow -> deep.
-        forward_exit_features: input -> N tensors [B, D] (D = deepest pooled width).
+        forward: input -> [B, K], the backbone classifier's class scores.
+        forward_exits: input -> one tensor per auxiliary head [B, K·M], shallow -> deep, then
+            the backbone classifier's [B, K·M] (joint_main) or [B, K].
+        forward_exit_features: input -> one [B, D] per exit (D = deepest pooled width).
     """
 
     def __init__(
-        self, backbone: nn.Module, *, num_transforms: int = 1, head_width: int | None = None
+        self,
+        backbone: nn.Module,
+        *,
+        num_transforms: int = 1,
+        head_width: int | None = None,
+        joint_main: bool = True,
+        last_stage_exit: bool = False,
     ) -> None:
         super().__init__()
         if not isinstance(backbone, PooledClassifier):
@@ -114,11 +132,13 @@ class MultiExitStudent(nn.Module):
         self.num_classes = int(backbone.classifier.out_features)
         self.num_transforms = num_transforms
         self.head_width = head_width
+        self.joint_main = joint_main
+        self.last_stage_exit = last_stage_exit
         dim, out = int(backbone.classifier.in_features), self.num_classes * num_transforms
-        if num_transforms > 1:
+        if self.main_transforms > 1:
             backbone.classifier = nn.Linear(dim, out)
         heads, projections = [], []
-        for stage in stages[:-1]:
+        for stage in stages if last_stage_exit else stages[:-1]:
             cin, rank = _stage_output(stage)
             width = head_width or cin
             heads.append(ExitHead(cin, width, out, rank))
@@ -133,14 +153,29 @@ class MultiExitStudent(nn.Module):
         config = dict(config)
         num_transforms = int(config.pop("num_transforms", 1))
         head_width = config.pop("head_width", None)
-        return cls(build_model(arch, config), num_transforms=num_transforms, head_width=head_width)
+        joint_main = bool(config.pop("joint_main", True))
+        last_stage_exit = bool(config.pop("last_stage_exit", False))
+        return cls(
+            build_model(arch, config), num_transforms=num_transforms, head_width=head_width,
+            joint_main=joint_main, last_stage_exit=last_stage_exit,
+        )  # fmt: skip
+
+    @property
+    def main_transforms(self) -> int:
+        """M of the backbone classifier's outputs: num_transforms if joint_main, else 1."""
+        return self.num_transforms if self.joint_main else 1
 
     @property
     def num_exits(self) -> int:
         return len(self.heads) + 1
 
+    @property
+    def deploy_heads(self) -> int:
+        """How many auxiliary heads can be deployed as early exits (not the last-stage one)."""
+        return len(self.heads) - int(self.last_stage_exit)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return class_logits(self.backbone(x), self.num_transforms)
+        return class_logits(self.backbone(x), self.main_transforms)
 
     def forward_exits_and_features(
         self, x: torch.Tensor
@@ -150,20 +185,20 @@ class MultiExitStudent(nn.Module):
         x, _ = net.enter(x)
         stages = net.stage_modules()
         logits, feats = [], []
-        for stage, head, proj in zip(
-            stages[:-1], _exit_heads(self.heads), self.projections, strict=True
-        ):
+        heads = _exit_heads(self.heads)
+        for i, stage in enumerate(stages):
             x = stage(x)
-            pooled = head.features(x)
-            logits.append(head.fc(pooled))
-            feats.append(proj(pooled))
-        pooled = torch.flatten(net.pool(stages[-1](x)), 1)
+            if i < len(heads):
+                pooled = heads[i].features(x)
+                logits.append(heads[i].fc(pooled))
+                feats.append(self.projections[i](pooled))
+        pooled = torch.flatten(net.pool(x), 1)
         logits.append(net.classifier(net.dropout(pooled)))
         feats.append(pooled)
         return logits, feats
 
     def forward_exits(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Joint logits of every exit, N tensors [B, K·M], shallow -> deep."""
+        """Logits of every exit, shallow -> deep (shapes in the class docstring)."""
         return self.forward_exits_and_features(x)[0]
 
     def forward_exit_features(self, x: torch.Tensor) -> list[torch.Tensor]:
@@ -176,22 +211,29 @@ class MultiExitStudent(nn.Module):
     def forward_intermediates(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Class logits [B, K] and the backbone's reported feature maps."""
         logits, feats = self.backbone.forward_intermediates(x)
-        return class_logits(logits, self.num_transforms), feats
+        return class_logits(logits, self.main_transforms), feats
 
     def reset_classifier(self, num_classes: int) -> None:
-        """Fresh joint head and exit linears for ``num_classes`` classes."""
+        """Fresh main classifier and exit linears for ``num_classes`` classes."""
         out = num_classes * self.num_transforms
         self.backbone.reset_classifier(num_classes)
-        self.backbone.classifier = nn.Linear(self.backbone.classifier.in_features, out)
+        self.backbone.classifier = nn.Linear(
+            self.backbone.classifier.in_features, num_classes * self.main_transforms
+        )
         for head in _exit_heads(self.heads):
             head.fc = nn.Linear(head.fc.in_features, out)
         self.num_classes = num_classes
 
     def current_config(self) -> dict[str, Any]:
-        """The backbone's rebuild arguments plus ``num_transforms`` and ``head_width``."""
+        """The backbone's rebuild arguments plus this wrapper's own (``num_transforms`` ...)."""
         config = dict(cast(Student, self.backbone).current_config())
         config.update(num_classes=self.num_classes, num_transforms=self.num_transforms)
-        return {**config, "head_width": self.head_width}
+        return {
+            **config,
+            "head_width": self.head_width,
+            "joint_main": self.joint_main,
+            "last_stage_exit": self.last_stage_exit,
+        }
 
     def plain_student(self) -> nn.Module:
         """The backbone alone, classifier cut to its K identity rows, batch norm not folded.
@@ -200,7 +242,7 @@ class MultiExitStudent(nn.Module):
         (save, prune, export) treats it like any student trained without exits.
         """
         plain = copy.deepcopy(self.backbone)
-        plain.classifier = _class_rows(plain.classifier, self.num_transforms)
+        plain.classifier = _class_rows(plain.classifier, self.main_transforms)
         return cast(nn.Module, plain)
 
     def to_deploy(self, keep_exits: bool = False) -> nn.Module:
@@ -214,10 +256,10 @@ class MultiExitStudent(nn.Module):
         """
         deploy = getattr(self.backbone, "to_deploy", None)
         trunk = deploy() if callable(deploy) else copy.deepcopy(self.backbone).eval()
-        trunk.classifier = _class_rows(trunk.classifier, self.num_transforms)
+        trunk.classifier = _class_rows(trunk.classifier, self.main_transforms)
         if not keep_exits:
             return cast(nn.Module, trunk)
-        heads = copy.deepcopy(self.heads).eval()
+        heads = copy.deepcopy(self.heads[: self.deploy_heads]).eval()
         for head in _exit_heads(heads):
             fold_batch_norm_(head)
             head.fc = _class_rows(head.fc, self.num_transforms)

@@ -7,7 +7,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
 
+from edgedistill.artifacts import read_json
 from edgedistill.bench.compare import prefer_candidate
 from edgedistill.errors import StageError
 from edgedistill.pipeline.context import RunContext, StageOutcome
@@ -16,6 +18,7 @@ from edgedistill.pipeline.stages.report import latency_b1, latency_comparison
 
 FP32_FILE, INT8_FILE = "model.onnx", "model-int8.onnx"
 SAMPLES = 8
+README_REVISION = 2  # part of the stage's inputs: a new README layout rewrites old bundles
 
 
 def final_fp32(ctx: RunContext) -> str:
@@ -53,10 +56,17 @@ def stage_bundle(ctx: RunContext) -> dict[str, Any]:
     """A folder an app can embed: models, manifest with sha256 of every file, samples,
     ``example.py`` (numpy + onnxruntime) for raw input of the task's modality, README."""
     upstream = [s for s in ("export", "quantize", "verify", "profile") if s in ctx.manifests]
-    inputs = {**ctx.output_hashes(*upstream), "data": ctx.data_sha256}
+    teacher = _teacher_provenance(ctx)
+    inputs = {
+        **ctx.output_hashes(*upstream),
+        "data": ctx.data_sha256,
+        "teacher": teacher,
+        "readme": README_REVISION,
+    }
 
     def body(stage_dir: Path, fingerprint: str) -> StageOutcome:
         from edgedistill.export.bundle import BundledModel, write_bundle
+        from edgedistill.export.bundle_readme import verify_gates
 
         task = ctx.task
         bundle = stage_dir / "app"  # the stage's own manifest.json stays one level up
@@ -101,6 +111,14 @@ def stage_bundle(ctx: RunContext) -> dict[str, Any]:
             metrics={k: v for k, v in verify.items() if isinstance(v, int | float)},
             latency={"batch1_ms": {m.source: m.latency_ms_batch1 for m in models.values()}},
             metric=task.metric,
+            environment=_profile_environment(ctx),
+            verify=verify_gates(
+                read_json(ctx.output("verify", "verify.json")),
+                ctx.recipe.gates.model_dump(mode="json"),
+                {file: m.name for file, m in chosen.items()},
+                metric="top-1" if task.metric == "top1" else task.metric,
+            ),
+            teacher=teacher,
         )
         outputs = sorted(p.relative_to(stage_dir).as_posix() for p in bundle.iterdir())
         model = chosen[recommended].name
@@ -110,6 +128,44 @@ def stage_bundle(ctx: RunContext) -> dict[str, Any]:
         )
 
     return ctx.run_stage("bundle", inputs, body)
+
+
+def _profile_environment(ctx: RunContext) -> dict[str, Any] | None:
+    """The machine the profile stage measured on (None without a profile stage)."""
+    if "profile" not in ctx.manifests:
+        return None
+    return dict(read_json(ctx.output("profile", "latency.json")).get("environment") or {})
+
+
+def _teacher_provenance(ctx: RunContext) -> dict[str, Any] | None:
+    """Where the run's teacher came from (its card, or the video backbone of a cross-modal
+    run), read without loading the teacher."""
+    from edgedistill.export.bundle_readme import teacher_provenance
+
+    cfg = ctx.recipe.teacher
+    if cfg is None:
+        return None
+    if cfg.card is not None:
+        try:
+            card = yaml.safe_load(Path(cfg.card).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+            raise StageError(f"bundle: cannot read teacher card {cfg.card}: {exc}") from None
+        if not isinstance(card, dict):
+            raise StageError(f"bundle: teacher card {cfg.card} is not a mapping")
+        return teacher_provenance(card, card_file=Path(cfg.card).name)
+    if cfg.video is None:
+        return None
+    from edgedistill.errors import EdgeDistillError
+    from edgedistill.teachers.image import imagenet_weights
+
+    video = cfg.video.model_dump(mode="json")
+    try:
+        path, digest = imagenet_weights(cfg.video.backbone)
+    except EdgeDistillError:  # the weights package is gone since the pretrain stage ran
+        return teacher_provenance(video=video)
+    return teacher_provenance(
+        video=video, video_weights_sha256=digest, video_weights_file=path.name
+    )
 
 
 def _onnx_of(model: DeployedModel) -> Path:

@@ -1,10 +1,12 @@
-"""Compression stages: ``prune`` (structured channels to a MACs target, then KD recovery)
+"""Compression stages: ``prune`` (structured channels to a MACs or a measured latency
+target, then KD recovery)
 and ``quantize`` (static INT8 QDQ calibrated on training samples: ONNX Runtime or NNCF, with
 QAT + KD when PTQ misses the accuracy gate)."""
 
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +15,9 @@ import torch
 
 from edgedistill.artifacts import atomic_copy, atomic_write_json, read_json
 from edgedistill.compress.calibration import output_distortion
-from edgedistill.compress.prune import prune_channels
+from edgedistill.compress.latency_meter import RuntimeLatencyMeter, target_runtime
+from edgedistill.compress.latency_prune import LatencyPruneResult, prune_to_latency
+from edgedistill.compress.prune import PruneResult, prune_channels
 from edgedistill.compress.qdq import layer_sensitivity
 from edgedistill.compress.quantize import quantize_onnx_static
 from edgedistill.errors import RecipeError
@@ -31,15 +35,23 @@ from edgedistill.students.io import load_model, save_model
 
 
 def stage_prune(ctx: RunContext) -> dict[str, Any]:
-    """Structured channel pruning to a MACs target, then KD recovery fine-tuning."""
+    """Structured channel pruning to a MACs target or to a latency target measured on the
+    recipe's first ONNX runtime (``prune.target_latency``), then KD recovery fine-tuning."""
     cfg = ctx.recipe.prune
-    inputs = {
+    inputs: dict[str, Any] = {
         **ctx.output_hashes("distill"),
         "prune": cfg.model_dump(mode="json"),
         "distill": ctx.recipe.distill.model_dump(mode="json"),
         "teacher": ctx.teacher.weights_sha256 if ctx.has_teacher else None,
         "data": ctx.data_sha256,
     }
+    latency_on: dict[str, Any] = {}
+    if cfg.target_latency is not None:  # MACs recipes keep their fingerprint
+        latency_on = {
+            "runtime": target_runtime(ctx.recipe.profile.runtimes),
+            "threads": ctx.recipe.profile.threads,
+        }
+        inputs["latency_on"] = latency_on
 
     def body(stage_dir: Path, fingerprint: str) -> StageOutcome:
         if not cfg.enabled:
@@ -47,15 +59,21 @@ def stage_prune(ctx: RunContext) -> dict[str, Any]:
         task = ctx.task
         student = load_model(ctx.stage_dir("distill"), "student")
         before_top1 = task.score(predict_logits(student, ctx.x_test))
-        result = prune_channels(
-            student,
-            task.input.shape,
-            target_macs_ratio=cfg.target_macs_ratio,
-            round_to=cfg.round_to,
-            importance=cfg.importance,
-            distortion=output_distortion(student, task.calibration(512, ctx.recipe.seed)),
-            input_dtype=torch.int64 if task.input.dtype == "int64" else torch.float32,
-        )
+        distortion = output_distortion(student, task.calibration(512, ctx.recipe.seed))
+        dtype = torch.int64 if task.input.dtype == "int64" else torch.float32
+        result: PruneResult | LatencyPruneResult
+        if cfg.target_latency is not None:
+            result = _prune_to_latency(ctx, student, cfg.target_latency, distortion, dtype)
+        else:
+            result = prune_channels(
+                student,
+                task.input.shape,
+                target_macs_ratio=cfg.target_macs_ratio or 0.7,  # PruneConfig sets it
+                round_to=cfg.round_to,
+                importance=cfg.importance,
+                distortion=distortion,
+                input_dtype=dtype,
+            )
         pruned = result.model
         no_finetune_top1 = task.score(predict_logits(pruned, ctx.x_test))
         history: list[dict[str, float]] = []
@@ -67,20 +85,59 @@ def stage_prune(ctx: RunContext) -> dict[str, Any]:
         outputs = save_model(pruned, arch, stage_dir, "student-pruned")
         if history:
             outputs.append("train_log.csv")
-        return StageOutcome(
-            outputs=outputs,
-            metrics={
-                "pruned_top1": top1,
-                "student_top1": before_top1,
-                "top1_after_pruning_before_finetune": no_finetune_top1,
-                "macs_ratio": round(result.macs_ratio, 4),
-                "params_ratio": round(result.params_after / result.params_before, 4),
-                "pruning_steps": result.steps,
-                "widths": pruned.current_config().get("widths"),  # type: ignore[operator]
-            },
-        )
+        metrics = {
+            "pruned_top1": top1,
+            "student_top1": before_top1,
+            "top1_after_pruning_before_finetune": no_finetune_top1,
+            "macs_ratio": round(result.macs_ratio, 4),
+            "params_ratio": round(result.params_after / result.params_before, 4),
+            "pruning_steps": result.steps,
+            "widths": pruned.current_config().get("widths"),  # type: ignore[operator]
+        }
+        if isinstance(result, LatencyPruneResult):
+            metrics["latency"] = {**latency_on, "batch": 1, **result.metrics()}
+        return StageOutcome(outputs=outputs, metrics=metrics)
 
     return ctx.run_stage("prune", inputs, body)
+
+
+def _prune_to_latency(
+    ctx: RunContext,
+    student: torch.nn.Module,
+    target: float,
+    distortion: Callable[[torch.nn.Module], float],
+    dtype: torch.dtype,
+) -> LatencyPruneResult:
+    """Latency-driven pruning on the recipe's first ONNX runtime, with a progress bar of the
+    candidates timed; prints the measured before/after line."""
+    cfg, profile = ctx.recipe.prune, ctx.recipe.profile
+    runtime = target_runtime(profile.runtimes)
+    shape = tuple(ctx.task.input.shape)
+    label = f"prune: timing candidates on {runtime}"
+    with (
+        RuntimeLatencyMeter(runtime, shape, threads=profile.threads, input_dtype=dtype) as meter,
+        progress_bar(ctx.console, label, cfg.max_candidates) as advance,
+    ):
+        result = prune_to_latency(
+            student,
+            shape,
+            target_latency=target,
+            meter=meter,
+            distortion=distortion,
+            importance=cfg.importance,
+            max_candidates=cfg.max_candidates,
+            input_dtype=dtype,
+            on_measure=advance,
+            seed=ctx.recipe.seed,
+        )
+    low, high = result.ratio_ci
+    ctx.console.print(
+        f"[dim]prune: {runtime} p50 {result.p50_before_ms:.3f} -> {result.p50_after_ms:.3f} ms "
+        f"({result.ratio:.2f}x, 95% CI {low:.2f}-{high:.2f}; target {target}), "
+        f"widths multiple of {result.width_multiple}, {result.candidates_measured} candidates "
+        f"timed in {result.seconds:.0f} s[/]"
+    )
+    return result
 
 
 # The quantize options added with NNCF: fingerprinted only when one differs from its default,

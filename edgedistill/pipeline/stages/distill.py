@@ -19,7 +19,9 @@ from torch import nn
 
 from edgedistill.artifacts import atomic_write_json, atomic_write_text
 from edgedistill.distill.layered import NUM_IMAGE_TRANSFORMS, NUM_IMU_TRANSFORMS
+from edgedistill.distill.lsskd import lsskd_student
 from edgedistill.distill.objective import TEACHER_TERMS, LossTermSpec
+from edgedistill.distill.terms import TEACHER_LOGITS, TERMS
 from edgedistill.distill.trainer import TrainSettings, train_student
 from edgedistill.early_exits import exit_logits
 from edgedistill.errors import RecipeError
@@ -61,10 +63,34 @@ def teacher_logits_for(ctx: RunContext, images: Any, split: str) -> tuple[Any, b
 LAYERED_TRANSFORM_COUNT = {"none": 1, "rotate4": NUM_IMAGE_TRANSFORMS, "imu": NUM_IMU_TRANSFORMS}
 
 
+def teacher_feature_requests(settings: TrainSettings) -> dict[str, tuple[int | None, str]]:
+    """The cached teacher layers the weighted terms read (``needs`` teacher_features, their
+    ``teacher_taps()``): tap -> (the term's ``hint_size`` pooling, the term's name).
+
+    Raises:
+        RecipeError: two terms read one layer pooled to different sizes.
+    """
+    requests: dict[str, tuple[int | None, str]] = {}
+    for spec in settings.loss_terms():
+        if "teacher_features" not in spec.config.needs or spec.weight <= 0:
+            continue
+        pool = getattr(spec.config, "hint_size", None)
+        for tap in TERMS.get(spec.name)(spec.config).teacher_taps():
+            if tap in requests and requests[tap][0] != pool:
+                other, size = requests[tap][1], requests[tap][0]
+                raise RecipeError(
+                    f"distill.terms: {other} and {spec.name} read teacher layer '{tap}' pooled "
+                    f"to {size} and {pool}; give both the same hint_size"
+                )
+            requests[tap] = (pool, spec.name)
+    return requests
+
+
 def teacher_features_for(
-    ctx: RunContext, images: Any, tap: str, hint_size: int | None
+    ctx: RunContext, images: Any, tap: str, hint_size: int | None, *, term: str = "fitnets"
 ) -> np.ndarray:
-    """Cached teacher features of layer ``tap`` over ``images`` (FitNets hints).
+    """Cached teacher features of layer ``tap`` over ``images`` (FitNets hints, AT and RKD
+    teacher layers; ``term`` names the term asking, in errors).
 
     Maps are average-pooled to ``hint_size`` (per spatial/temporal axis) before caching, which
     keeps the memory-mapped cache small (e.g. 10k × 64 × 7 × 7 float32 = 125 MB).
@@ -76,7 +102,7 @@ def teacher_features_for(
     if tap not in dict(ctx.teacher.model.named_modules()):
         layers = [name for name, _ in ctx.teacher.model.named_children()]
         raise RecipeError(
-            f"distill.terms: fitnets teacher_tap '{tap}' is not a layer of teacher "
+            f"distill.terms: {term} teacher_tap '{tap}' is not a layer of teacher "
             f"{ctx.teacher.name} (top-level layers: {', '.join(layers)}; "
             "use dotted names such as stages.1)"
         )
@@ -140,9 +166,10 @@ def train_in_stage(
     if any(t.name in TEACHER_TERMS and t.weight > 0 for t in settings.loss_terms()):
         teacher_logits, _ = teacher_logits_for(ctx, task.x_train, "train")
     teacher_features = {
-        t.teacher_tap: teacher_features_for(ctx, task.x_train, t.teacher_tap, t.hint_size)
-        for t in settings.loss_terms()
-        if t.name == "fitnets" and t.weight > 0
+        tap: teacher_logits_for(ctx, task.x_train, "train")[0]
+        if tap == TEACHER_LOGITS  # rkd's teacher_tap: logits
+        else teacher_features_for(ctx, task.x_train, tap, pool, term=term)
+        for tap, (pool, term) in teacher_feature_requests(settings).items()
     }
     x_val, y_val = ctx.x_test, ctx.y_test  # logged only, never used to pick weights
     if settings.early_stopping_patience is not None:
@@ -234,8 +261,11 @@ def stage_distill(ctx: RunContext) -> dict[str, Any]:
 
             student.load_state_dict(load_model(ctx.stage_dir("pretrain"), "student").state_dict())
         layered = next((t for t in recipe.distill.terms if t.name == "layered"), None)
+        lsskd = next((t for t in recipe.distill.terms if t.name == "lsskd"), None)
         trained: nn.Module = student
-        if layered is not None:
+        if lsskd is not None:  # joint auxiliary heads, plain main head (LSSKD / HSAKD)
+            trained = lsskd_student(student, lsskd.transforms)
+        elif layered is not None:
             # Layered self-distillation trains auxiliary exits on the student's stages; the
             # chain continues with the plain student (exits removed), see MultiExitStudent.
             trained = MultiExitStudent(
