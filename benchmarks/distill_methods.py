@@ -297,7 +297,8 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=ROOT / "runs" / "bench-methods")
     parser.add_argument(
         "--results", type=Path, default=RESULTS,
-        help="JSON to write; BENCHMARKS.md is updated only when it is the default",
+        help="JSON to write; BENCHMARKS.md gets the main table for the default and a section "
+        "of its own for another file in benchmarks/results/ (none elsewhere)",
     )  # fmt: skip
     parser.add_argument(
         "--threads", type=int, default=1,
@@ -411,6 +412,15 @@ def main() -> None:
     )
     if args.results.resolve() == RESULTS.resolve():
         update_section(ROOT / "BENCHMARKS.md", "distill-methods", body)
+    elif args.results.resolve().parent == RESULTS.parent.resolve():
+        # A budget comparison kept in benchmarks/results/ gets its own section.
+        budget = body.replace(
+            "## Distillation methods, same student",
+            f"## Distillation methods, same student, other budget ({args.results.stem})",
+        ).replace(
+            "benchmarks/results/distill_methods.json", f"benchmarks/results/{args.results.name}"
+        )
+        update_section(ROOT / "BENCHMARKS.md", args.results.stem.replace("_", "-"), budget)
 
 
 def _with_budget(row: dict[str, Any], info: dict[str, Any]) -> dict[str, Any]:

@@ -277,7 +277,7 @@ def _profile_on_device(
 
 
 for _stage, _doc in (
-    ("pretrain", "Pre-train the student without labels (cross-modal), when the recipe says so."),
+    ("pretrain", "Pre-train the student without labels (cross-modal or DINO), if asked."),
     ("distill", "…then train the student (loss terms of the recipe, teacher outputs cached)."),
     ("prune", "…then prune channels structurally and recover accuracy with KD."),
     ("export", "…then export ONNX (and OpenVINO IR when installed)."),
