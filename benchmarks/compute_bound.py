@@ -112,7 +112,8 @@ def quantize_all(
                 lr=cfg.qat_lr, batch_size=ctx.recipe.distill.batch_size,
                 seed=ctx.recipe.seed,
             )  # fmt: skip
-            export_qat_onnx(model, tuple(ctx.task.input.shape), target)
+            dtype = torch.int64 if ctx.task.input.dtype == "int64" else torch.float32
+            export_qat_onnx(model, tuple(ctx.task.input.shape), target, input_dtype=dtype)
             info["epochs"] = cfg.qat_epochs
         info["seconds"] = round(time.perf_counter() - started, 1)
         record.write_text(json.dumps(info))
@@ -161,7 +162,8 @@ def main() -> None:
     x_test, score = np.asarray(ctx.x_test), ctx.task.score
     fp32_top1 = accuracy(fp32, x_test, score, args.threads)
     shape = tuple(ctx.task.input.shape)
-    macs = count_macs(load_model(ctx.stage_dir("distill"), "student"), shape)
+    dtype = torch.int64 if ctx.task.input.dtype == "int64" else torch.float32
+    macs = count_macs(load_model(ctx.stage_dir("distill"), "student"), shape, dtype=dtype)
     rows: list[dict[str, Any]] = [
         {"model": "fp32", "metric": ctx.task.metric_info.header, "value": round(fp32_top1, 2)}
     ]
@@ -258,6 +260,16 @@ def render(doc: dict[str, Any], fp32_top1: float, macs: int) -> str:
         f"({best['model']}, {best['runtime']}) {best['int8_gflops']:.1f} GFLOP/s-equivalent "
         f"(the same model's MACs per second). Load average while timing: "
         f"{min(t['loadavg'] or 0 for t in timing):.1f}–{max(t['loadavg'] or 0 for t in timing):.1f}.",
+        *(
+            [
+                "",
+                f"⚠ The machine was loaded (load average above its {env['cpu_count']} cores): "
+                "the matmul reference and the batch-8 rows (long calls, more often preempted) "
+                "are unreliable; the interleaved batch-1 ratios are the numbers to read.",
+            ]
+            if max(t["loadavg"] or 0 for t in timing) > env["cpu_count"]
+            else []
+        ),
         "",
         f"Raw: `benchmarks/results/compute_bound-{doc['recipe_name']}.json`.",
     ]
